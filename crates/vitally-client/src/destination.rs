@@ -1,0 +1,234 @@
+//! What a destination is made of, and the checks on it that run before anything is stored.
+//!
+//! Every error here names what was wrong and how to fix it, and never contains a key.
+
+use std::net::IpAddr;
+use thiserror::Error;
+use url::{Host, Url};
+
+/// Vitally hosts its workspaces in one of two regions; the REST host differs between them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Region {
+    Us,
+    Eu,
+}
+
+impl Region {
+    pub fn parse(s: &str) -> Result<Region, DestinationError> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "us" => Ok(Region::Us),
+            "eu" => Ok(Region::Eu),
+            _ => Err(DestinationError::UnknownRegion(s.to_string())),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Region::Us => "us",
+            Region::Eu => "eu",
+        }
+    }
+}
+
+/// The two APIs a destination may speak, each with its own key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    Analytics,
+    Rest,
+}
+
+impl Api {
+    pub fn parse(s: &str) -> Option<Api> {
+        match s {
+            "analytics" => Some(Api::Analytics),
+            "rest" => Some(Api::Rest),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Api::Analytics => "analytics",
+            Api::Rest => "rest",
+        }
+    }
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DestinationError {
+    #[error("destination name must not be empty")]
+    EmptyName,
+    #[error("destination name \"{0}\" is too long (at most 63 characters)")]
+    NameTooLong(String),
+    #[error("unknown region \"{0}\": use 'us' or 'eu'")]
+    UnknownRegion(String),
+    #[error("invalid subdomain \"{0}\": give only the part before .vitally.io, e.g. 'acme' for acme.vitally.io")]
+    BadSubdomain(String),
+    #[error("a destination needs at least one API key: give analytics_api_key (upserts and events) or rest_api_key (update only, NPS)")]
+    NoKey,
+    #[error("the {0} API key is malformed: it must be one line of printable characters (paste it again from Vitally)")]
+    MalformedKey(&'static str),
+    #[error("{api}_url \"{url}\" is not a valid URL: {reason}")]
+    BadUrl { api: &'static str, url: String, reason: String },
+    #[error("{api}_url \"{url}\" must use https: plain http is accepted only for loopback hosts (127.0.0.1, ::1, localhost)")]
+    InsecureUrl { api: &'static str, url: String },
+}
+
+/// Checks a destination name: it is how users and scripts refer to it.
+pub fn validate_name(name: &str) -> Result<(), DestinationError> {
+    if name.trim().is_empty() {
+        return Err(DestinationError::EmptyName);
+    }
+    if name.chars().count() > 63 {
+        return Err(DestinationError::NameTooLong(name.to_string()));
+    }
+    Ok(())
+}
+
+pub fn validate_subdomain(subdomain: &str) -> Result<String, DestinationError> {
+    let s = subdomain.trim().to_ascii_lowercase();
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if ok {
+        Ok(s)
+    } else {
+        Err(DestinationError::BadSubdomain(subdomain.to_string()))
+    }
+}
+
+/// Normalizes a key as pasted: surrounding blanks go, and a pasted header value
+/// `Basic <value>` keeps only the value (for REST, `auth` recognizes it as ready-made).
+/// Returns `None` for an empty key, which means "no key".
+pub fn normalize_key(api: Api, raw: &str) -> Result<Option<String>, DestinationError> {
+    let mut key = raw.trim();
+    if let Some(rest) = key.strip_prefix("Basic ").or_else(|| key.strip_prefix("basic ")) {
+        key = rest.trim();
+    }
+    if key.is_empty() {
+        return Ok(None);
+    }
+    // A key goes into an HTTP header: control characters or spaces would corrupt it.
+    if key.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(DestinationError::MalformedKey(api.as_str()));
+    }
+    Ok(Some(key.to_string()))
+}
+
+/// Checks a base URL override and returns it without a trailing slash.
+pub fn validate_base_url(api: Api, raw: &str) -> Result<String, DestinationError> {
+    let name = api.as_str();
+    let bad = |reason: &str| DestinationError::BadUrl { api: name, url: raw.to_string(), reason: reason.to_string() };
+    let url = Url::parse(raw.trim()).map_err(|e| bad(&e.to_string()))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(bad("credentials in a URL would leak into logs; give keys as analytics_api_key / rest_api_key"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(bad("a base URL takes no query string or fragment"));
+    }
+    match url.scheme() {
+        "https" => {}
+        "http" if is_loopback(&url) => {}
+        "http" => return Err(DestinationError::InsecureUrl { api: name, url: raw.to_string() }),
+        other => return Err(bad(&format!("scheme \"{other}\" is not http or https"))),
+    }
+    if url.host().is_none() {
+        return Err(bad("it has no host"));
+    }
+    Ok(url.as_str().trim_end_matches('/').to_string())
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        None => false,
+    }
+}
+
+/// The base URL a destination uses for an API: the override if given, else Vitally's
+/// public host for the region (and subdomain, for REST).
+///
+/// The EU Analytics host is not in Vitally's public docs (unverified); users with an
+/// EU workspace can set `analytics_url` if it differs.
+pub fn base_url(api: Api, region: Region, subdomain: Option<&str>, url_override: Option<&str>) -> String {
+    if let Some(u) = url_override.filter(|u| !u.is_empty()) {
+        return u.trim_end_matches('/').to_string();
+    }
+    match (api, region, subdomain) {
+        (Api::Analytics, Region::Us, _) => "https://api.vitally.io/analytics/v1".into(),
+        (Api::Analytics, Region::Eu, _) => "https://api.vitally-eu.io/analytics/v1".into(),
+        (Api::Rest, Region::Us, Some(sub)) => format!("https://{sub}.rest.vitally.io/resources"),
+        (Api::Rest, Region::Us, None) => "https://rest.vitally.io/resources".into(),
+        (Api::Rest, Region::Eu, _) => "https://rest.vitally-eu.io/resources".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regions_parse_case_insensitively_and_reject_others() {
+        assert_eq!(Region::parse("US"), Ok(Region::Us));
+        assert_eq!(Region::parse(" eu "), Ok(Region::Eu));
+        let err = Region::parse("apac").unwrap_err();
+        assert_eq!(err.to_string(), "unknown region \"apac\": use 'us' or 'eu'");
+    }
+
+    #[test]
+    fn rest_key_accepts_the_ready_made_basic_value() {
+        assert_eq!(normalize_key(Api::Rest, "Basic abc123=").unwrap(), Some("abc123=".into()));
+        assert_eq!(normalize_key(Api::Rest, "  tok_1 \n").unwrap(), Some("tok_1".into()));
+        assert_eq!(normalize_key(Api::Analytics, "Basic abc").unwrap(), Some("abc".into()));
+        assert_eq!(normalize_key(Api::Analytics, "ab c").unwrap_err(), DestinationError::MalformedKey("analytics"));
+    }
+
+    #[test]
+    fn empty_key_means_no_key() {
+        assert_eq!(normalize_key(Api::Analytics, "   ").unwrap(), None);
+    }
+
+    #[test]
+    fn malformed_key_error_does_not_contain_the_key() {
+        let err = normalize_key(Api::Rest, "sec\r\nret").unwrap_err();
+        assert!(!err.to_string().contains("sec"));
+    }
+
+    #[test]
+    fn plain_http_only_for_loopback() {
+        assert_eq!(validate_base_url(Api::Rest, "http://127.0.0.1:8787/resources/").unwrap(), "http://127.0.0.1:8787/resources");
+        assert!(validate_base_url(Api::Rest, "http://localhost:1/x").is_ok());
+        assert!(validate_base_url(Api::Rest, "http://[::1]:1/x").is_ok());
+        assert!(validate_base_url(Api::Rest, "https://example.com/x").is_ok());
+        assert!(matches!(
+            validate_base_url(Api::Analytics, "http://10.0.0.5/analytics/v1"),
+            Err(DestinationError::InsecureUrl { .. })
+        ));
+        assert!(matches!(validate_base_url(Api::Analytics, "http://localhost.evil.com/"), Err(DestinationError::InsecureUrl { .. })));
+    }
+
+    #[test]
+    fn urls_with_credentials_or_odd_schemes_are_refused() {
+        assert!(matches!(validate_base_url(Api::Rest, "https://u:p@example.com/"), Err(DestinationError::BadUrl { .. })));
+        assert!(matches!(validate_base_url(Api::Rest, "ftp://example.com/"), Err(DestinationError::BadUrl { .. })));
+        assert!(matches!(validate_base_url(Api::Rest, "not a url"), Err(DestinationError::BadUrl { .. })));
+    }
+
+    #[test]
+    fn default_hosts_follow_region_and_subdomain() {
+        assert_eq!(base_url(Api::Rest, Region::Us, Some("acme"), None), "https://acme.rest.vitally.io/resources");
+        assert_eq!(base_url(Api::Rest, Region::Eu, Some("acme"), None), "https://rest.vitally-eu.io/resources");
+        assert_eq!(base_url(Api::Analytics, Region::Us, None, Some("http://127.0.0.1:1/a/")), "http://127.0.0.1:1/a");
+    }
+
+    #[test]
+    fn subdomains_are_host_labels() {
+        assert_eq!(validate_subdomain("Acme").unwrap(), "acme");
+        assert!(validate_subdomain("acme.vitally.io").is_err());
+        assert!(validate_subdomain("-x").is_err());
+    }
+}

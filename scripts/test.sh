@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Runs every test: the pure-Rust crates with cargo test, then the end-to-end suite
+# against a real PostgreSQL 15 cluster with the freshly built extension preloaded.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+
+bash scripts/setup.sh
+echo "== unit tests (no Postgres) =="
+cargo test -p vitally-client
+echo "== building and installing the extension =="
+install_extension >/tmp/vitally-test-install.log 2>&1 || { cat /tmp/vitally-test-install.log; exit 1; }
+echo "== end-to-end tests (real cluster) =="
+cargo test -p vitally-e2e --test e2e

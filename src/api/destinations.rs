@@ -1,0 +1,210 @@
+//! `vitally.create_destination`, `alter_destination`, `drop_destination`.
+//!
+//! They run as the caller, who becomes the destination's owner; only the
+//! statements on the extension's tables run as its owner (see `elevation`).
+
+use pgrx::prelude::*;
+
+#[pg_schema]
+mod vitally {
+    use crate::elevation::{acts_as, as_extension_owner, caller};
+    use crate::errors::{OrRaise, UserError};
+    use pgrx::prelude::*;
+    use pgrx::spi::SpiClient;
+    use vitally_client::destination::{
+        base_url, normalize_key, validate_base_url, validate_name, validate_subdomain, Api, DestinationError, Region,
+    };
+
+    /// Registers a Vitally destination owned by the calling role; returns its id.
+    #[pg_extern(volatile)]
+    fn create_destination(
+        name: &str,
+        analytics_api_key: default!(Option<&str>, "NULL"),
+        rest_api_key: default!(Option<&str>, "NULL"),
+        subdomain: default!(Option<&str>, "NULL"),
+        region: default!(&str, "'us'"),
+        analytics_url: default!(Option<&str>, "NULL"),
+        rest_url: default!(Option<&str>, "NULL"),
+    ) -> i64 {
+        validate_name(name).or_raise();
+        let region = Region::parse(region).or_raise();
+        let subdomain = subdomain.filter(|s| !s.trim().is_empty()).map(validate_subdomain).transpose().or_raise();
+        let analytics_url = url_override(Api::Analytics, analytics_url);
+        let rest_url = url_override(Api::Rest, rest_url);
+        let analytics_key = analytics_api_key.map(|k| normalize_key(Api::Analytics, k)).transpose().or_raise().flatten();
+        let rest_key = rest_api_key.map(|k| normalize_key(Api::Rest, k)).transpose().or_raise().flatten();
+        if analytics_key.is_none() && rest_key.is_none() {
+            UserError::from(DestinationError::NoKey).raise();
+        }
+        let owner = caller();
+
+        as_extension_owner(|| {
+            Spi::connect_mut(|client| {
+                let inserted = client
+                    .update(
+                        "INSERT INTO vitally.destination (name, owner, region, subdomain, analytics_url, rest_url)
+                         VALUES ($1, $2, $3, $4, $5, $6)
+                         ON CONFLICT (name) DO NOTHING
+                         RETURNING id",
+                        None,
+                        &[
+                            name.into(),
+                            owner.into(),
+                            region.as_str().into(),
+                            subdomain.as_deref().into(),
+                            analytics_url.as_deref().into(),
+                            rest_url.as_deref().into(),
+                        ],
+                    )
+                    .unwrap_or_else(|e| internal(e));
+                let Some(id) = inserted.first().get_one::<i64>().ok().flatten() else {
+                    UserError::new(
+                        PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
+                        format!("destination \"{name}\" already exists"),
+                    )
+                    .hint("Choose another name, or change the existing one with vitally.alter_destination().")
+                    .raise()
+                };
+                client
+                    .update(
+                        "INSERT INTO vitally.destination_secret (destination_id, analytics_api_key, rest_api_key)
+                         VALUES ($1, $2, $3)",
+                        None,
+                        &[id.into(), analytics_key.as_deref().into(), rest_key.as_deref().into()],
+                    )
+                    .unwrap_or_else(|e| internal(e));
+                id
+            })
+        })
+    }
+
+    /// Changes a destination: only the arguments given change. An empty string
+    /// removes a key, the subdomain or a URL override.
+    #[pg_extern(volatile)]
+    fn alter_destination(
+        name: &str,
+        analytics_api_key: default!(Option<&str>, "NULL"),
+        rest_api_key: default!(Option<&str>, "NULL"),
+        subdomain: default!(Option<&str>, "NULL"),
+        region: default!(Option<&str>, "NULL"),
+        analytics_url: default!(Option<&str>, "NULL"),
+        rest_url: default!(Option<&str>, "NULL"),
+    ) {
+        let region = region.map(Region::parse).transpose().or_raise();
+        let subdomain = subdomain.map(|s| (!s.trim().is_empty()).then(|| validate_subdomain(s)).transpose()).transpose().or_raise();
+        let analytics_url = analytics_url.map(|u| url_override(Api::Analytics, Some(u)));
+        let rest_url = rest_url.map(|u| url_override(Api::Rest, Some(u)));
+        let analytics_key = analytics_api_key.map(|k| normalize_key(Api::Analytics, k)).transpose().or_raise();
+        let rest_key = rest_api_key.map(|k| normalize_key(Api::Rest, k)).transpose().or_raise();
+        let me = caller();
+
+        as_extension_owner(|| {
+            Spi::connect_mut(|client| {
+                let id = owned_destination_id(client, name, me, true);
+                // Each column keeps its value unless its argument was given ($n IS NOT NULL flags).
+                client
+                    .update(
+                        "UPDATE vitally.destination SET
+                             region        = CASE WHEN $2 THEN $3 ELSE region END,
+                             subdomain     = CASE WHEN $4 THEN $5 ELSE subdomain END,
+                             analytics_url = CASE WHEN $6 THEN $7 ELSE analytics_url END,
+                             rest_url      = CASE WHEN $8 THEN $9 ELSE rest_url END,
+                             updated_at    = pg_catalog.now()
+                         WHERE id = $1",
+                        None,
+                        &[
+                            id.into(),
+                            region.is_some().into(),
+                            region.map(|r| r.as_str()).into(),
+                            subdomain.is_some().into(),
+                            subdomain.clone().flatten().into(),
+                            analytics_url.is_some().into(),
+                            analytics_url.clone().flatten().into(),
+                            rest_url.is_some().into(),
+                            rest_url.clone().flatten().into(),
+                        ],
+                    )
+                    .unwrap_or_else(|e| internal(e));
+                let keys_left = client
+                    .update(
+                        "UPDATE vitally.destination_secret SET
+                             analytics_api_key = CASE WHEN $2 THEN $3 ELSE analytics_api_key END,
+                             rest_api_key      = CASE WHEN $4 THEN $5 ELSE rest_api_key END
+                         WHERE destination_id = $1
+                           AND (CASE WHEN $2 THEN $3 ELSE analytics_api_key END IS NOT NULL
+                                OR CASE WHEN $4 THEN $5 ELSE rest_api_key END IS NOT NULL)
+                         RETURNING 1",
+                        None,
+                        &[
+                            id.into(),
+                            analytics_key.is_some().into(),
+                            analytics_key.clone().flatten().into(),
+                            rest_key.is_some().into(),
+                            rest_key.clone().flatten().into(),
+                        ],
+                    )
+                    .unwrap_or_else(|e| internal(e));
+                if keys_left.is_empty() {
+                    UserError::new(
+                        PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                        format!("destination \"{name}\" would be left without an API key"),
+                    )
+                    .hint("Keep one key, or drop the destination with vitally.drop_destination().")
+                    .raise();
+                }
+            })
+        })
+    }
+
+    /// Removes a destination and its keys.
+    #[pg_extern(volatile)]
+    fn drop_destination(name: &str, cascade: default!(bool, false)) {
+        let _ = cascade; // syncs arrive with the planning issue; nothing depends on a destination yet
+        let me = caller();
+        as_extension_owner(|| {
+            Spi::connect_mut(|client| {
+                let id = owned_destination_id(client, name, me, true);
+                client
+                    .update("DELETE FROM vitally.destination WHERE id = $1", None, &[id.into()])
+                    .unwrap_or_else(|e| internal(e));
+            })
+        })
+    }
+
+    /// The base URL a destination uses for `api` ('analytics' or 'rest'): the
+    /// override if set, else Vitally's host for the region and subdomain.
+    #[pg_extern(immutable, parallel_safe)]
+    fn destination_url(api: &str, region: &str, subdomain: Option<&str>, url_override: Option<&str>) -> Option<String> {
+        let api = Api::parse(api)?;
+        let region = Region::parse(region).ok()?;
+        Some(base_url(api, region, subdomain, url_override))
+    }
+
+    /// Finds a destination the caller owns, locked when it is to be changed. Another
+    /// role's destination looks exactly like a missing one.
+    fn owned_destination_id(client: &mut SpiClient<'_>, name: &str, me: pg_sys::Oid, lock: bool) -> i64 {
+        let sql = if lock {
+            "SELECT id, owner::oid FROM vitally.destination WHERE name = $1 FOR UPDATE"
+        } else {
+            "SELECT id, owner::oid FROM vitally.destination WHERE name = $1"
+        };
+        let row = client.update(sql, Some(1), &[name.into()]).unwrap_or_else(|e| internal(e));
+        let found = row.first();
+        let (id, owner) = (
+            found.get::<i64>(1).ok().flatten(),
+            found.get::<pg_sys::Oid>(2).ok().flatten(),
+        );
+        match (id, owner) {
+            (Some(id), Some(owner)) if acts_as(me, owner) => id,
+            _ => UserError::no_such_destination(name).raise(),
+        }
+    }
+
+    fn url_override(api: Api, raw: Option<&str>) -> Option<String> {
+        raw.filter(|u| !u.trim().is_empty()).map(|u| validate_base_url(api, u).or_raise())
+    }
+
+    fn internal(e: pgrx::spi::SpiError) -> ! {
+        UserError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("vitally_sync: {e}")).raise()
+    }
+}

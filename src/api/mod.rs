@@ -1,0 +1,3 @@
+//! The SQL functions users call, one file per kind of thing they manage.
+
+mod destinations;

@@ -1,0 +1,77 @@
+//! One error type for what users do wrong, each with a SQLSTATE and a hint that says how to fix it.
+//!
+//! Messages are built from names and settings only: a key never reaches one.
+
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::{PgLogLevel, PgSqlErrorCode};
+use vitally_client::destination::DestinationError;
+
+pub struct UserError {
+    code: PgSqlErrorCode,
+    message: String,
+    hint: Option<String>,
+}
+
+impl UserError {
+    pub fn new(code: PgSqlErrorCode, message: impl Into<String>) -> Self {
+        UserError { code, message: message.into(), hint: None }
+    }
+
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    /// Raises the error: the statement is aborted and the caller sees message and hint.
+    pub fn raise(self) -> ! {
+        let mut report = ErrorReport::new(self.code, self.message, "vitally_sync");
+        if let Some(h) = self.hint {
+            report = report.set_hint(h);
+        }
+        report.report(PgLogLevel::ERROR);
+        unreachable!("ERROR does not return")
+    }
+
+    pub fn no_such_destination(name: &str) -> Self {
+        UserError::new(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            format!("destination \"{name}\" does not exist"),
+        )
+        .hint("SELECT name FROM vitally.destinations lists the destinations you own.")
+    }
+}
+
+impl From<DestinationError> for UserError {
+    fn from(e: DestinationError) -> Self {
+        use DestinationError::*;
+        let hint = match &e {
+            UnknownRegion(_) => Some("Your workspace's region is in Vitally's settings; most workspaces are 'us'."),
+            NoKey => Some("Keys are under Settings > Integrations in Vitally: \"Integrate via HTTPS API\" for the Analytics key, the REST API for the secret token."),
+            InsecureUrl { .. } => Some("Leave the URL NULL to use Vitally's own https hosts."),
+            _ => None,
+        };
+        let code = match &e {
+            NameTooLong(_) => PgSqlErrorCode::ERRCODE_NAME_TOO_LONG,
+            _ => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+        };
+        let err = UserError::new(code, e.to_string());
+        match hint {
+            Some(h) => err.hint(h),
+            None => err,
+        }
+    }
+}
+
+/// Raises a user error from a `Result`, for code that validates with the client crate.
+pub trait OrRaise<T> {
+    fn or_raise(self) -> T;
+}
+
+impl<T, E: Into<UserError>> OrRaise<T> for Result<T, E> {
+    fn or_raise(self) -> T {
+        match self {
+            Ok(v) => v,
+            Err(e) => e.into().raise(),
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! The settings of `sql-api.md`, registered when the library loads.
+//!
+//! Only the worker reads most of them, on start and on `pg_reload_conf()`.
+
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use std::ffi::CString;
+
+pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
+pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(100);
+pub static MAX_CONCURRENCY: GucSetting<i32> = GucSetting::<i32>::new(4);
+pub static MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(10);
+pub static REQUEST_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
+pub static REST_REQUESTS_PER_MINUTE: GucSetting<i32> = GucSetting::<i32>::new(900);
+pub static RECORD_RETENTION_MIN: GucSetting<i32> = GucSetting::<i32>::new(14 * 24 * 60);
+
+pub fn register() {
+    GucRegistry::define_string_guc(
+        c"vitally.database",
+        c"The database whose queued records the vitally_sync worker delivers.",
+        c"Create the extension in this database. Changing it needs a server restart.",
+        &DATABASE,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"vitally.batch_size",
+        c"Records per Analytics API batch request.",
+        c"Vitally accepts at most 100 messages in one /batch request.",
+        &BATCH_SIZE,
+        1,
+        100,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"vitally.max_concurrency",
+        c"HTTP requests the worker keeps in flight at once.",
+        c"",
+        &MAX_CONCURRENCY,
+        1,
+        64,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"vitally.max_attempts",
+        c"Tries per record before it is marked failed.",
+        c"Rate-limited answers (429) do not use up an attempt.",
+        &MAX_ATTEMPTS,
+        1,
+        1000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"vitally.request_timeout",
+        c"How long one HTTP request to Vitally may take.",
+        c"",
+        &REQUEST_TIMEOUT_MS,
+        100,
+        600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"vitally.rest_requests_per_minute",
+        c"Pace of REST API calls per key.",
+        c"Vitally allows 1000 per minute per key; keep a margin for other clients of the same key.",
+        &REST_REQUESTS_PER_MINUTE,
+        1,
+        1000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"vitally.record_retention",
+        c"How long delivered records stay in vitally.records.",
+        c"Failed records stay until they are retried or the sync is reset.",
+        &RECORD_RETENTION_MIN,
+        1,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_MIN,
+    );
+}
+
+/// The database name the worker connects to.
+pub fn database() -> String {
+    DATABASE
+        .get()
+        .and_then(|s| s.into_string().ok())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "postgres".to_string())
+}

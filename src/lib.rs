@@ -1,0 +1,34 @@
+//! vitally_sync: reverse ETL from PostgreSQL to Vitally, inside the database.
+//!
+//! This crate is only the glue to Postgres. What can be tested without a server
+//! lives in `crates/` (the Vitally client and the emulator).
+
+use pgrx::prelude::*;
+
+mod api;
+mod elevation;
+mod errors;
+mod guc;
+mod log_scrub;
+mod schema;
+mod worker;
+
+pgrx::pg_module_magic!();
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    guc::register();
+    log_scrub::install();
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        worker::register();
+    }
+}
+
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}

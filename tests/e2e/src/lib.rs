@@ -1,0 +1,184 @@
+//! A throwaway PostgreSQL 15 cluster for end-to-end tests, run as the `postgres` OS
+//! user when the tests run as root (initdb refuses root).
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub use postgres::{Client, NoTls};
+
+pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub port: u16,
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc_geteuid() == 0 }
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+/// Runs a Postgres program, as `postgres` when we are root.
+fn pg_command(program: &str) -> Command {
+    let path = format!("{PG_BIN}/{program}");
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--", &path]);
+        c
+    } else {
+        Command::new(path)
+    }
+}
+
+fn run(mut cmd: Command, what: &str) {
+    let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Cluster {
+    /// Creates and starts a cluster named `name` with extra `postgresql.conf` lines.
+    pub fn start(name: &str, conf: &[&str]) -> Cluster {
+        let dir = std::env::temp_dir().join(format!("vitally-e2e-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        if is_root() {
+            run(
+                {
+                    let mut c = Command::new("chown");
+                    c.args(["postgres:postgres", dir.to_str().unwrap()]);
+                    c
+                },
+                "chown",
+            );
+        }
+        let data = dir.join("data");
+        let mut initdb = pg_command("initdb");
+        initdb.args(["-D", data.to_str().unwrap(), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"]);
+        run(initdb, "initdb");
+
+        let port = free_port();
+        let mut settings = vec![
+            format!("port = {port}"),
+            "listen_addresses = '127.0.0.1'".into(),
+            format!("unix_socket_directories = '{}'", dir.display()),
+            "fsync = off".into(),
+            "max_connections = 50".into(),
+        ];
+        settings.extend(conf.iter().map(|s| s.to_string()));
+        let conf_path = data.join("postgresql.conf");
+        let mut text = fs::read_to_string(&conf_path).unwrap();
+        text.push_str("\n# vitally-e2e\n");
+        text.push_str(&settings.join("\n"));
+        text.push('\n');
+        fs::write(&conf_path, text).unwrap();
+
+        let cluster = Cluster { dir, port };
+        cluster.pg_ctl_start();
+        cluster
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("server.log")
+    }
+
+    fn pg_ctl_start(&self) {
+        let mut c = pg_command("pg_ctl");
+        c.args(["-D", self.data_dir().to_str().unwrap(), "-l", self.log_path().to_str().unwrap(), "-w", "-t", "60", "start"]);
+        run(c, "pg_ctl start");
+    }
+
+    /// The whole server log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn connect(&self, db: &str, user: &str) -> Client {
+        Client::connect(&format!("host=127.0.0.1 port={} dbname={db} user={user}", self.port), NoTls)
+            .unwrap_or_else(|e| panic!("connect to {db} as {user}: {e}"))
+    }
+
+    /// A superuser connection.
+    pub fn admin(&self, db: &str) -> Client {
+        self.connect(db, "postgres")
+    }
+
+    pub fn stop(&self) {
+        let mut c = pg_command("pg_ctl");
+        c.args(["-D", self.data_dir().to_str().unwrap(), "-m", "fast", "-w", "stop"]);
+        let _ = c.stdin(Stdio::null()).output();
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop();
+        if std::env::var_os("VITALLY_E2E_KEEP").is_none() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Polls `check` until it returns `Some`, failing the test after `timeout`.
+pub fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(10);
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// The SQLSTATE, message and hint of a failed statement.
+pub struct SqlError {
+    pub code: String,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+pub fn sql_error(result: Result<impl Sized, postgres::Error>) -> SqlError {
+    let err = match result {
+        Ok(_) => panic!("statement succeeded, an error was expected"),
+        Err(e) => e,
+    };
+    let db = err.as_db_error().unwrap_or_else(|| panic!("not a server error: {err}"));
+    SqlError { code: db.code().code().to_string(), message: db.message().to_string(), hint: db.hint().map(str::to_string) }
+}
+
+/// Creates a database with the extension in it.
+pub fn fresh_database(cluster: &Cluster, name: &str) -> Client {
+    let mut admin = cluster.admin("postgres");
+    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name}")).unwrap();
+    admin.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+    let mut client = cluster.admin(name);
+    client.batch_execute("CREATE EXTENSION vitally_sync").unwrap();
+    client
+}
+
+pub fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}

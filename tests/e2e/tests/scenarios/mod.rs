@@ -1,0 +1,29 @@
+use libtest_mimic::Trial;
+
+mod s00_install;
+mod s01_destinations;
+mod s02_security;
+mod s03_worker;
+
+/// Every scenario, as test trials named `<file>::<test>`.
+pub fn all() -> Vec<Trial> {
+    let mut trials = Vec::new();
+    trials.extend(s00_install::trials());
+    trials.extend(s01_destinations::trials());
+    trials.extend(s02_security::trials());
+    trials.extend(s03_worker::trials());
+    trials
+}
+
+/// Builds a trial from a plain test function that panics on failure.
+#[macro_export]
+macro_rules! trials {
+    ($module:literal: $($f:ident),* $(,)?) => {
+        pub fn trials() -> Vec<libtest_mimic::Trial> {
+            vec![$(libtest_mimic::Trial::test(concat!($module, "::", stringify!($f)), || {
+                $f();
+                Ok(())
+            })),*]
+        }
+    };
+}
