@@ -3,4 +3,15 @@
 //! The extension crate glues this to the database; tests and benchmarks run it
 //! against `vitally-emulator` over loopback HTTP.
 
+pub mod auth;
+pub mod client;
 pub mod destination;
+pub mod message;
+pub mod outcome;
+pub mod ratelimit;
+pub mod retry;
+
+pub use client::{ClientConfig, Endpoint, Lookup, VitallyClient, MAX_BATCH};
+pub use message::ObjectKind;
+pub use outcome::Outcome;
+pub use retry::{Next, RetryPolicy};

@@ -1,0 +1,99 @@
+//! Faults to inject, settable at start and at run time: latency, a share of 5xx,
+//! bursts of 429, dropped connections, blocked message types.
+
+use crate::AppState;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Faults {
+    /// Added to every API request before it is answered.
+    pub latency_ms: u64,
+    /// Share (0 to 1) of API requests answered 503.
+    pub error_rate: f64,
+    /// The next this-many API requests are answered 429.
+    pub burst_429: u32,
+    /// Seconds a fault 429 tells the client to wait (RateLimit-Reset, and Retry-After if configured).
+    pub reset_secs: u64,
+    /// Share (0 to 1) of API requests whose connection drops after the status line.
+    pub drop_rate: f64,
+    /// Analytics message types answered 400, as when Vitally blocks a type for a workspace.
+    pub blocked_types: Vec<String>,
+    /// Refuse connections' requests entirely with 503 (the service is down).
+    pub down: bool,
+}
+
+/// Applies the faults to every request except the inspection API.
+pub async fn inject(State(shared): State<AppState>, request: Request, next: Next) -> Response {
+    if request.uri().path().starts_with("/_emulator") {
+        return next.run(request).await;
+    }
+    {
+        let mut state = shared.state.lock().unwrap();
+        state.counters.in_flight += 1;
+        state.counters.max_in_flight = state.counters.max_in_flight.max(state.counters.in_flight);
+    }
+    let response = serve(&shared, request, next).await;
+    let mut state = shared.state.lock().unwrap();
+    // saturating: a reset during the request zeroed the gauge.
+    state.counters.in_flight = state.counters.in_flight.saturating_sub(1);
+    drop(state);
+    response
+}
+
+async fn serve(shared: &AppState, request: Request, next: Next) -> Response {
+    let (faults, retry_after_header) = {
+        let config = shared.config.lock().unwrap();
+        (config.faults.clone(), config.retry_after_header)
+    };
+    if faults.latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
+    }
+    let refusal = (|| {
+        let mut state = shared.state.lock().unwrap();
+        state.counters.requests += 1;
+        if faults.down {
+            state.counters.responses_5xx += 1;
+            return Some((StatusCode::SERVICE_UNAVAILABLE, "emulator is down").into_response());
+        }
+        if faults.drop_rate > 0.0 && fastrand::f64() < faults.drop_rate {
+            state.counters.dropped += 1;
+            // Headers go out, then the body fails: the client sees the connection die mid-response.
+            let body = Body::from_stream(futures_util::stream::once(async {
+                Err::<bytes::Bytes, std::io::Error>(std::io::Error::other("dropped by the emulator"))
+            }));
+            return Some(Response::builder().status(StatusCode::OK).body(body).unwrap());
+        }
+        if faults.burst_429 > 0 {
+            let mut config = shared.config.lock().unwrap();
+            if config.faults.burst_429 > 0 {
+                config.faults.burst_429 -= 1;
+                state.counters.responses_429 += 1;
+                let mut response = (StatusCode::TOO_MANY_REQUESTS, axum::Json(serde_json::json!({"error": "Rate limit exceeded"})))
+                    .into_response();
+                let reset = HeaderValue::from(faults.reset_secs.max(1));
+                response.headers_mut().insert("ratelimit-reset", reset.clone());
+                if retry_after_header {
+                    response.headers_mut().insert("retry-after", reset);
+                }
+                return Some(response);
+            }
+        }
+        if faults.error_rate > 0.0 && fastrand::f64() < faults.error_rate {
+            state.counters.responses_5xx += 1;
+            return Some((StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({"error": "Service Unavailable"})))
+                .into_response());
+        }
+        None
+    })();
+    if let Some(response) = refusal {
+        return response;
+    }
+    next.run(request).await
+}
