@@ -6,8 +6,8 @@ cd "$(dirname "$0")/.."
 source scripts/env.sh
 
 bash scripts/setup.sh
-echo "== client and emulator tests (no Postgres; real HTTP over loopback) =="
-cargo test -p vitally-client -p vitally-emulator --lib --tests
+echo "== client, emulator and planner tests (no Postgres; real HTTP over loopback) =="
+cargo test -p vitally-client -p vitally-emulator -p vitally-planner --lib --tests
 echo "== building and installing the extension =="
 install_extension >/tmp/vitally-test-install.log 2>&1 || { cat /tmp/vitally-test-install.log; exit 1; }
 echo "== end-to-end tests (real cluster) =="

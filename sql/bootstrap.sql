@@ -41,3 +41,86 @@ REVOKE ALL ON vitally.destination, vitally.destination_secret FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('vitally.destination', '');
 SELECT pg_catalog.pg_extension_config_dump('vitally.destination_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('vitally.destination_secret', '');
+
+-- A sync: a query, mapped to one kind of Vitally object, sent to one destination.
+CREATE TABLE vitally.sync (
+    id             bigserial PRIMARY KEY,
+    name           text NOT NULL UNIQUE,
+    owner          regrole NOT NULL,
+    destination_id bigint NOT NULL REFERENCES vitally.destination (id),
+    object         text NOT NULL CHECK (object IN ('user', 'account', 'organization', 'event', 'nps_response')),
+    behavior       text NOT NULL CHECK (behavior IN ('upsert', 'update_only', 'append')),
+    query          text NOT NULL,
+    sync_key       text NOT NULL,
+    mappings       jsonb,          -- NULL: the conventions
+    options        jsonb NOT NULL DEFAULT '{}',
+    enabled        boolean NOT NULL DEFAULT true,
+    created_at     timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    updated_at     timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+CREATE INDEX ON vitally.sync (destination_id);
+
+-- One vitally.sync() call. Its figures are final once no record of it is pending.
+CREATE TABLE vitally.sync_run (
+    id                bigserial PRIMARY KEY,
+    sync_id           bigint NOT NULL REFERENCES vitally.sync (id) ON DELETE CASCADE,
+    status            text NOT NULL DEFAULT 'running'
+                      CHECK (status IN ('running', 'succeeded', 'partially_failed', 'failed')),
+    full_resync       boolean NOT NULL DEFAULT false,
+    started_at        timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    planned_at        timestamptz,
+    finished_at       timestamptz,
+    rows_read         bigint NOT NULL DEFAULT 0,
+    records_queued    bigint NOT NULL DEFAULT 0,
+    records_unchanged bigint NOT NULL DEFAULT 0,
+    records_invalid   bigint NOT NULL DEFAULT 0,
+    records_delivered bigint NOT NULL DEFAULT 0,
+    records_skipped   bigint NOT NULL DEFAULT 0,
+    records_failed    bigint NOT NULL DEFAULT 0
+);
+CREATE INDEX ON vitally.sync_run (sync_id, id);
+CREATE INDEX ON vitally.sync_run (id) WHERE status = 'running';
+
+-- The queue, and the history of every record's fate. Logged, so a crash loses nothing.
+CREATE TABLE vitally.record (
+    id              bigserial PRIMARY KEY,
+    -- No foreign keys here or in delivery_state: checking two per row doubled the cost
+    -- of queueing a million records. drop_sync deletes a sync's rows itself.
+    sync_id         bigint NOT NULL,
+    run_id          bigint NOT NULL,
+    sync_key        text,
+    status          text NOT NULL CHECK (status IN ('pending', 'delivered', 'skipped', 'failed', 'invalid')),
+    payload         jsonb,
+    payload_hash    bigint,        -- hash of the mapped values (see planning.rs)
+    message_id      uuid,          -- minted when queued, kept across retries
+    version         integer NOT NULL DEFAULT 1,   -- bumped when a newer payload replaces a pending one
+    attempts        integer NOT NULL DEFAULT 0,
+    next_attempt_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    lease_until     timestamptz,   -- set while the worker sends it
+    http_status     integer,
+    error           text,
+    queued_at       timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    delivered_at    timestamptz,
+    replaced_at     timestamptz    -- a failed record whose key was queued again
+);
+-- One pending record per key: a newer change replaces the pending one.
+CREATE UNIQUE INDEX record_pending_key ON vitally.record (sync_id, sync_key) WHERE status = 'pending';
+CREATE INDEX record_due ON vitally.record (next_attempt_at) WHERE status = 'pending';
+CREATE INDEX record_run ON vitally.record (run_id, status);
+CREATE INDEX record_failed ON vitally.record (sync_id, sync_key) WHERE status = 'failed' AND replaced_at IS NULL;
+
+-- What was last delivered per key: the payload's hash (append: that the event was sent).
+CREATE TABLE vitally.delivery_state (
+    sync_id      bigint NOT NULL,
+    sync_key     text NOT NULL,
+    payload_hash bigint NOT NULL,
+    delivered_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (sync_id, sync_key)
+);
+
+REVOKE ALL ON vitally.sync, vitally.sync_run, vitally.record, vitally.delivery_state FROM PUBLIC;
+
+SELECT pg_catalog.pg_extension_config_dump('vitally.sync', '');
+SELECT pg_catalog.pg_extension_config_dump('vitally.sync_id_seq', '');
+-- So that a restore into a new cluster does not resend what was already delivered.
+SELECT pg_catalog.pg_extension_config_dump('vitally.delivery_state', '');

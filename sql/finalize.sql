@@ -17,7 +17,90 @@ SELECT d.id,
   LEFT JOIN vitally.destination_secret s ON s.destination_id = d.id
  WHERE pg_catalog.pg_has_role(d.owner, 'USAGE');
 
+-- Syncs a role may see: its own (superusers: all).
+CREATE VIEW vitally.syncs WITH (security_barrier) AS
+SELECT s.id,
+       s.name,
+       d.name AS destination,
+       s.object,
+       s.behavior,
+       s.sync_key,
+       s.enabled,
+       s.query,
+       s.mappings,
+       s.options,
+       s.owner,
+       s.created_at,
+       s.updated_at
+  FROM vitally.sync s
+  JOIN vitally.destination d ON d.id = s.destination_id
+ WHERE pg_catalog.pg_has_role(s.owner, 'USAGE');
+
+CREATE VIEW vitally.sync_runs WITH (security_barrier) AS
+SELECT r.id,
+       s.name AS sync_name,
+       r.status,
+       r.full_resync,
+       r.started_at,
+       r.planned_at,
+       r.finished_at,
+       r.rows_read,
+       r.records_queued,
+       r.records_unchanged,
+       r.records_invalid,
+       r.records_delivered,
+       r.records_skipped,
+       r.records_failed
+  FROM vitally.sync_run r
+  JOIN vitally.sync s ON s.id = r.sync_id
+ WHERE pg_catalog.pg_has_role(s.owner, 'USAGE');
+
+CREATE VIEW vitally.records WITH (security_barrier) AS
+SELECT r.id,
+       r.run_id,
+       s.name AS sync_name,
+       r.sync_key,
+       r.status,
+       r.attempts,
+       r.http_status,
+       r.error,
+       r.payload,
+       r.message_id,
+       r.queued_at,
+       r.next_attempt_at,
+       r.delivered_at
+  FROM vitally.record r
+  JOIN vitally.sync s ON s.id = r.sync_id
+ WHERE pg_catalog.pg_has_role(s.owner, 'USAGE');
+
+-- One row per sync: its last run's figures, and what is pending and failed now.
+CREATE VIEW vitally.sync_status WITH (security_barrier) AS
+SELECT s.name AS sync_name,
+       d.name AS destination,
+       s.object,
+       s.behavior,
+       s.enabled,
+       last.id AS last_run_id,
+       last.status AS last_run_status,
+       last.started_at AS last_run_started_at,
+       last.finished_at AS last_run_finished_at,
+       last.rows_read,
+       last.records_queued,
+       last.records_unchanged,
+       last.records_invalid,
+       last.records_delivered,
+       last.records_skipped,
+       last.records_failed,
+       (SELECT pg_catalog.count(*) FROM vitally.record p
+         WHERE p.sync_id = s.id AND p.status = 'pending') AS pending_now,
+       (SELECT pg_catalog.count(*) FROM vitally.record f
+         WHERE f.sync_id = s.id AND f.status = 'failed' AND f.replaced_at IS NULL) AS failed_now
+  FROM vitally.sync s
+  JOIN vitally.destination d ON d.id = s.destination_id
+  LEFT JOIN LATERAL (SELECT * FROM vitally.sync_run r WHERE r.sync_id = s.id ORDER BY r.id DESC LIMIT 1) last ON true
+ WHERE pg_catalog.pg_has_role(s.owner, 'USAGE');
+
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA vitally FROM PUBLIC;
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA vitally TO vitally_user;
-REVOKE ALL ON vitally.destinations FROM PUBLIC;
-GRANT SELECT ON vitally.destinations TO vitally_user;
+REVOKE ALL ON vitally.destinations, vitally.syncs, vitally.sync_runs, vitally.records, vitally.sync_status FROM PUBLIC;
+GRANT SELECT ON vitally.destinations, vitally.syncs, vitally.sync_runs, vitally.records, vitally.sync_status TO vitally_user;

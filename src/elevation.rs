@@ -59,3 +59,21 @@ pub fn as_extension_owner<R>(f: impl FnOnce() -> R) -> R {
         result
     }
 }
+
+/// Runs `f` as `role`, when that is not already who we are: a sync's query runs as
+/// the sync's owner even when a superuser runs the sync, so that nobody's query ever
+/// gains privileges. `search_path` stays the session's, as the query expects it.
+pub fn as_role<R>(role: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
+    unsafe {
+        let mut saved_user = pg_sys::InvalidOid;
+        let mut saved_context = 0;
+        pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
+        if saved_user == role {
+            return f();
+        }
+        pg_sys::SetUserIdAndSecContext(role, saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
+        let result = f();
+        pg_sys::SetUserIdAndSecContext(saved_user, saved_context);
+        result
+    }
+}

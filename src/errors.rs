@@ -41,6 +41,31 @@ impl UserError {
     }
 }
 
+impl UserError {
+    pub fn no_such_sync(name: &str) -> Self {
+        UserError::new(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, format!("sync \"{name}\" does not exist"))
+            .hint("SELECT name FROM vitally.syncs lists the syncs you own.")
+    }
+}
+
+impl From<vitally_planner::PlanError> for UserError {
+    fn from(e: vitally_planner::PlanError) -> Self {
+        use vitally_planner::PlanError::*;
+        let hint = match &e {
+            MissingKeyColumn { .. } => Some("sync_key names the column holding each record's unique id; rename a column with AS in the query."),
+            MappingsNotObject | MappingNotColumn(_) | UnknownField { .. } => {
+                Some("Constants and expressions belong in the query (SELECT 'Login' AS event, ...); mappings only name its columns.")
+            }
+            _ => None,
+        };
+        let err = UserError::new(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, e.to_string());
+        match hint {
+            Some(h) => err.hint(h),
+            None => err,
+        }
+    }
+}
+
 impl From<DestinationError> for UserError {
     fn from(e: DestinationError) -> Self {
         use DestinationError::*;

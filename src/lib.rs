@@ -6,10 +6,13 @@
 use pgrx::prelude::*;
 
 mod api;
+mod catalog;
 mod elevation;
 mod errors;
 mod guc;
 mod log_scrub;
+mod planning;
+mod runs;
 mod schema;
 mod worker;
 
@@ -20,6 +23,7 @@ pub extern "C-unwind" fn _PG_init() {
     guc::register();
     log_scrub::install();
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        worker::mark_preloaded();
         worker::register();
     }
 }

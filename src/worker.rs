@@ -6,6 +6,7 @@
 
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
 use pgrx::prelude::*;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// How long the postmaster waits before starting the worker again after it exits.
@@ -58,4 +59,31 @@ fn extension_installed() -> bool {
             .flatten()
             .unwrap_or(false)
     })
+}
+
+/// Set in the postmaster when the library is preloaded; every backend inherits it.
+static PRELOADED: AtomicBool = AtomicBool::new(false);
+
+/// Remembers that the library was preloaded, so a worker exists (called from `_PG_init`).
+pub fn mark_preloaded() {
+    PRELOADED.store(true, Ordering::Relaxed);
+}
+
+/// Tells the caller of `vitally.sync()` when nothing will deliver what it queued.
+pub fn warn_if_not_delivering() {
+    if !PRELOADED.load(Ordering::Relaxed) {
+        warning!(
+            "vitally_sync is not in shared_preload_libraries, so no worker delivers the queued records; \
+             add it in postgresql.conf and restart the server"
+        );
+        return;
+    }
+    let served = crate::guc::database();
+    let here = Spi::get_one::<String>("SELECT pg_catalog.current_database()::text").ok().flatten().unwrap_or_default();
+    if served != here {
+        warning!(
+            "the vitally_sync worker serves database \"{served}\", not \"{here}\": records queued here are not delivered; \
+             set vitally.database = '{here}' in postgresql.conf and restart the server"
+        );
+    }
 }

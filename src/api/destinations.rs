@@ -7,10 +7,10 @@ use pgrx::prelude::*;
 
 #[pg_schema]
 mod vitally {
-    use crate::elevation::{acts_as, as_extension_owner, caller};
+    use crate::catalog::{internal, owned_destination};
+    use crate::elevation::{as_extension_owner, caller};
     use crate::errors::{OrRaise, UserError};
     use pgrx::prelude::*;
-    use pgrx::spi::SpiClient;
     use vitally_client::destination::{
         base_url, normalize_key, validate_base_url, validate_name, validate_subdomain, Api, DestinationError, Region,
     };
@@ -100,7 +100,7 @@ mod vitally {
 
         as_extension_owner(|| {
             Spi::connect_mut(|client| {
-                let id = owned_destination_id(client, name, me, true);
+                let id = owned_destination(client, name, me, true).id;
                 // Each column keeps its value unless its argument was given ($n IS NOT NULL flags).
                 client
                     .update(
@@ -156,14 +156,32 @@ mod vitally {
         })
     }
 
-    /// Removes a destination and its keys.
+    /// Removes a destination and its keys; refused while syncs use it, unless `cascade`
+    /// (which drops those syncs too).
     #[pg_extern(volatile)]
     fn drop_destination(name: &str, cascade: default!(bool, false)) {
-        let _ = cascade; // syncs arrive with the planning issue; nothing depends on a destination yet
         let me = caller();
         as_extension_owner(|| {
             Spi::connect_mut(|client| {
-                let id = owned_destination_id(client, name, me, true);
+                let id = owned_destination(client, name, me, true).id;
+                let users = client
+                    .select("SELECT string_agg(name, ', ' ORDER BY name) FROM vitally.sync WHERE destination_id = $1", None, &[id.into()])
+                    .unwrap_or_else(|e| internal(e))
+                    .first()
+                    .get_one::<String>()
+                    .ok()
+                    .flatten();
+                if let Some(syncs) = users {
+                    if !cascade {
+                        UserError::new(
+                            PgSqlErrorCode::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
+                            format!("destination \"{name}\" is used by syncs: {syncs}"),
+                        )
+                        .hint("Drop those syncs first, or call vitally.drop_destination(name, cascade => true) to drop them with it.")
+                        .raise();
+                    }
+                    crate::catalog::delete_syncs(client, "s.destination_id = $1", id);
+                }
                 client
                     .update("DELETE FROM vitally.destination WHERE id = $1", None, &[id.into()])
                     .unwrap_or_else(|e| internal(e));
@@ -180,31 +198,8 @@ mod vitally {
         Some(base_url(api, region, subdomain, url_override))
     }
 
-    /// Finds a destination the caller owns, locked when it is to be changed. Another
-    /// role's destination looks exactly like a missing one.
-    fn owned_destination_id(client: &mut SpiClient<'_>, name: &str, me: pg_sys::Oid, lock: bool) -> i64 {
-        let sql = if lock {
-            "SELECT id, owner::oid FROM vitally.destination WHERE name = $1 FOR UPDATE"
-        } else {
-            "SELECT id, owner::oid FROM vitally.destination WHERE name = $1"
-        };
-        let row = client.update(sql, Some(1), &[name.into()]).unwrap_or_else(|e| internal(e));
-        let found = row.first();
-        let (id, owner) = (
-            found.get::<i64>(1).ok().flatten(),
-            found.get::<pg_sys::Oid>(2).ok().flatten(),
-        );
-        match (id, owner) {
-            (Some(id), Some(owner)) if acts_as(me, owner) => id,
-            _ => UserError::no_such_destination(name).raise(),
-        }
-    }
-
     fn url_override(api: Api, raw: Option<&str>) -> Option<String> {
         raw.filter(|u| !u.trim().is_empty()).map(|u| validate_base_url(api, u).or_raise())
     }
 
-    fn internal(e: pgrx::spi::SpiError) -> ! {
-        UserError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("vitally_sync: {e}")).raise()
-    }
 }

@@ -1,3 +1,5 @@
 //! The SQL functions users call, one file per kind of thing they manage.
 
 mod destinations;
+mod running;
+mod syncs;

@@ -182,3 +182,34 @@ pub fn fresh_database(cluster: &Cluster, name: &str) -> Client {
 pub fn path_str(p: &Path) -> String {
     p.display().to_string()
 }
+
+/// One value from a query.
+pub fn scalar<T: for<'a> postgres::types::FromSql<'a>>(db: &mut Client, sql: &str) -> T {
+    db.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
+}
+
+/// Marks a sync's pending records delivered and records their delivery state, as the
+/// worker does after Vitally accepts them (for tests of planning alone). Superuser only.
+pub fn deliver_by_hand(db: &mut Client, sync: &str) -> u64 {
+    db.execute(
+        "WITH d AS (
+             UPDATE vitally.record r SET status = 'delivered', delivered_at = now()
+               FROM vitally.sync s
+              WHERE s.id = r.sync_id AND s.name = $1 AND r.status = 'pending'
+             RETURNING r.sync_id, r.sync_key, r.payload_hash)
+         INSERT INTO vitally.delivery_state (sync_id, sync_key, payload_hash)
+         SELECT sync_id, sync_key, payload_hash FROM d
+         ON CONFLICT (sync_id, sync_key) DO UPDATE SET payload_hash = EXCLUDED.payload_hash",
+        &[&sync],
+    )
+    .unwrap()
+}
+
+/// A destination with both keys, pointing at a port where nothing listens.
+pub fn destination(db: &mut Client, name: &str) {
+    db.batch_execute(&format!(
+        "SELECT vitally.create_destination('{name}', analytics_api_key => 'ak', rest_api_key => 'rk',
+                analytics_url => 'http://127.0.0.1:9/analytics/v1', rest_url => 'http://127.0.0.1:9/resources')"
+    ))
+    .unwrap();
+}

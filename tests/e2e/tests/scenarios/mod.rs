@@ -4,6 +4,9 @@ mod s00_install;
 mod s01_destinations;
 mod s02_security;
 mod s03_worker;
+mod s04_syncs;
+mod s05_planning;
+mod s06_sync_security;
 
 /// Every scenario, as test trials named `<file>::<test>`.
 pub fn all() -> Vec<Trial> {
@@ -12,6 +15,9 @@ pub fn all() -> Vec<Trial> {
     trials.extend(s01_destinations::trials());
     trials.extend(s02_security::trials());
     trials.extend(s03_worker::trials());
+    trials.extend(s04_syncs::trials());
+    trials.extend(s05_planning::trials());
+    trials.extend(s06_sync_security::trials());
     trials
 }
 

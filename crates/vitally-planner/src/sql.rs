@@ -1,0 +1,294 @@
+//! The plan as SQL: one `SELECT` over the user's query that yields, per row, the
+//! record's key, its payload (Vitally's field names), the payload's hash, and what is
+//! wrong with it, if anything. Postgres streams it; nothing is held here.
+
+use crate::definition::{Object, Options};
+use crate::mapping::{Column, ColumnType, Plan, Target};
+
+/// The largest record we send, in bytes of JSON. Vitally documents no limit; a
+/// batch of 100 such records stays under the body sizes web APIs commonly accept.
+pub const MAX_RECORD_BYTES: usize = 512_000;
+
+/// `"name"` with inner quotes doubled.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `'text'` with inner quotes doubled (standard_conforming_strings is on since 9.1).
+pub fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+const ISO_UTC: &str = r#"'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'"#;
+
+/// The JSON value of a column, given how to refer to it.
+fn value(reference: &str, ty: ColumnType) -> String {
+    let c = reference;
+    match ty {
+        ColumnType::TimestampTz => format!("to_jsonb(to_char({c} AT TIME ZONE 'UTC', {ISO_UTC}))"),
+        ColumnType::Timestamp => format!("to_jsonb(to_char({c}, {ISO_UTC}))"),
+        ColumnType::Json => format!("({c})::jsonb"),
+        ColumnType::Array | ColumnType::Other => format!("to_jsonb({c})"),
+    }
+}
+
+/// A list of ids from an array, a JSON array or one scalar; never NULL.
+fn id_list(reference: &str, ty: ColumnType) -> String {
+    let c = reference;
+    match ty {
+        ColumnType::Array => format!("coalesce(to_jsonb({c}), '[]'::jsonb)"),
+        ColumnType::Json => format!(
+            "(CASE WHEN {c} IS NULL THEN '[]'::jsonb WHEN jsonb_typeof(({c})::jsonb) = 'array' THEN ({c})::jsonb \
+             WHEN jsonb_typeof(({c})::jsonb) = 'null' THEN '[]'::jsonb ELSE jsonb_build_array(({c})::jsonb) END)"
+        ),
+        _ => format!("(CASE WHEN {c} IS NULL THEN '[]'::jsonb ELSE jsonb_build_array(({c})::text) END)"),
+    }
+}
+
+/// A column's value in the form hashed to tell whether a record changed: the value
+/// itself, hashed by its type (fast, and independent of the session's settings),
+/// except `json` (its spacing would count: as `jsonb`) and types Postgres cannot
+/// hash (as text).
+fn canonical(reference: &str, column: &Column) -> String {
+    match column.ty {
+        ColumnType::Json => format!("({reference})::jsonb"),
+        _ if !column.hashable => format!("({reference})::text"),
+        _ => reference.to_string(),
+    }
+}
+
+/// `jsonb_build_object` takes at most 50 pairs: longer objects are concatenated.
+fn object(pairs: &[(String, String)]) -> String {
+    if pairs.is_empty() {
+        return "'{}'::jsonb".into();
+    }
+    pairs
+        .chunks(50)
+        .map(|chunk| {
+            let args: Vec<String> = chunk.iter().map(|(k, v)| format!("{}, {v}", quote_literal(k))).collect();
+            format!("jsonb_build_object({})", args.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(" || ")
+}
+
+impl Plan {
+    /// The columns a run keeps of each row (each once, even if mapped twice), with
+    /// the name it keeps it under in the stage table.
+    pub fn kept_columns(&self) -> Vec<(&Column, String)> {
+        let mut kept: Vec<(&Column, String)> = Vec::new();
+        for f in &self.fields {
+            if !kept.iter().any(|(c, _)| c.name == f.column.name) {
+                let alias = format!("c{}", kept.len() + 1);
+                kept.push((&f.column, alias));
+            }
+        }
+        kept
+    }
+
+    fn alias_of(&self, column: &Column) -> String {
+        self.kept_columns().into_iter().find(|(c, _)| c.name == column.name).map(|(_, a)| a).expect("a kept column")
+    }
+
+    /// What the records of this plan are made of: when it changes (a new mapping, an
+    /// option, a column's type), every record counts as changed.
+    pub fn fingerprint(&self, options: &Options) -> String {
+        let fields: Vec<String> = self.fields.iter().map(|f| format!("{:?}={}:{:?}", f.target, f.column.name, f.column.ty)).collect();
+        format!("v1|{:?}|{}:{:?}|{}|{:?}", self.object, self.key.name, self.key.ty, fields.join(","), options)
+    }
+
+    /// Phase one, run as the sync's owner: per row of the query (or its first
+    /// `limit`), the key, a 64-bit hash of the key and mapped values (`seed` being the
+    /// fingerprint's hash) and those values as they are. No JSON yet: most rows of
+    /// most runs are unchanged, and only changed ones are made into records.
+    pub fn stage_sql(&self, query: &str, seed: i64, limit: Option<i64>) -> String {
+        let limit = limit.map(|n| format!(" LIMIT {n}")).unwrap_or_default();
+        let key = format!("(q.{})::text", quote_ident(&self.key.name));
+        let kept = self.kept_columns();
+        let mut hashed = vec![key.clone()];
+        hashed.extend(kept.iter().map(|(c, _)| canonical(&format!("q.{}", quote_ident(&c.name)), c)));
+        let mut select = vec![format!("{key} AS sync_key"), format!("hash_record_extended(ROW({}), {seed}) AS hash", hashed.join(", "))];
+        select.extend(kept.iter().map(|(c, alias)| format!("q.{} AS {alias}", quote_ident(&c.name))));
+        format!("SELECT {} FROM (\n{query}\n) q{limit}", select.join(", "))
+    }
+
+    /// The record as `jsonb`, in Vitally's field names, from a stage row `s`.
+    pub fn payload_sql(&self, options: &Options) -> String {
+        let mut top: Vec<(String, String)> = Vec::new();
+        let id_field = match self.object {
+            Object::User => Some("userId"),
+            Object::Account => Some("accountId"),
+            Object::Organization => Some("organizationId"),
+            Object::NpsResponse => Some("externalId"),
+            // An event's key gives its messageId, which is not part of the payload.
+            Object::Event => None,
+        };
+        if let Some(f) = id_field {
+            top.push((f.into(), "to_jsonb(s.sync_key)".into()));
+        }
+        let mut nested: Vec<(String, String)> = Vec::new();
+        for field in &self.fields {
+            let reference = format!("s.{}", self.alias_of(&field.column));
+            match &field.target {
+                Target::Top("accountIds") => top.push(("accountIds".into(), id_list(&reference, field.column.ty))),
+                Target::Top(name) => top.push((name.to_string(), value(&reference, field.column.ty))),
+                Target::Trait(name) | Target::Property(name) => nested.push((name.clone(), value(&reference, field.column.ty))),
+            }
+        }
+        match self.object {
+            Object::Event => top.push(("properties".into(), object(&nested))),
+            Object::NpsResponse => {}
+            _ => top.push(("traits".into(), object(&nested))),
+        }
+        let payload = object(&top);
+        if options.skip_nulls {
+            format!("jsonb_strip_nulls({payload})")
+        } else {
+            payload
+        }
+    }
+
+    fn column_named(&self, field: &str) -> String {
+        self.top(field).map(|c| c.name.clone()).unwrap_or_else(|| field.to_string())
+    }
+
+    /// What is wrong with a record (`p.sync_key`, `p.payload`, `p.text`, `p.dups`), or NULL.
+    pub fn validation_sql(&self) -> String {
+        let mut cases = vec![
+            format!(
+                "WHEN p.sync_key IS NULL OR p.sync_key = '' THEN {}",
+                quote_literal(&format!("the sync key column \"{}\" is NULL or empty: every record needs an id", self.key.name))
+            ),
+            "WHEN p.dups > 1 THEN format('sync key %s appears %s times in the query''s result: none of its rows is sent', quote_literal(p.sync_key), p.dups)".to_string(),
+            format!(
+                "WHEN octet_length(p.text) > {MAX_RECORD_BYTES} THEN format('the record is %s bytes of JSON, over the limit of {MAX_RECORD_BYTES}: leave large columns out of the query or the mapping', octet_length(p.text))"
+            ),
+        ];
+        let empty = |field: &str| format!("coalesce(p.payload->>{}, '') = ''", quote_literal(field));
+        match self.object {
+            Object::User => cases.push(format!(
+                "WHEN NOT jsonb_path_exists(p.payload->'accountIds', '$[*] ? (@ != null && @ != \"\")') THEN {}",
+                quote_literal(&format!("a user needs at least one account: {} is NULL or empty", self.column_named("accountIds")))
+            )),
+            Object::Event => {
+                cases.push(format!(
+                    "WHEN {} THEN {}",
+                    empty("event"),
+                    quote_literal(&format!("an event needs a name: {} is NULL or empty", self.column_named("event")))
+                ));
+                let actors: Vec<String> = ["userId", "accountId", "organizationId"].iter().filter(|f| self.top(f).is_some()).map(|f| self.column_named(f)).collect();
+                cases.push(format!(
+                    "WHEN {} AND {} AND {} THEN {}",
+                    empty("userId"),
+                    empty("accountId"),
+                    empty("organizationId"),
+                    quote_literal(&format!("an event needs someone who did it: {} NULL or empty", describe_all(&actors)))
+                ));
+            }
+            Object::NpsResponse => {
+                cases.push(format!(
+                    "WHEN {} THEN {}",
+                    empty("userId"),
+                    quote_literal(&format!("an NPS response needs a user: {} is NULL or empty", self.column_named("userId")))
+                ));
+                // Nested CASE: Postgres does not promise the order in which AND evaluates.
+                cases.push(
+                    "WHEN CASE WHEN jsonb_typeof(p.payload->'score') = 'number' \
+                     THEN NOT ((p.payload->>'score')::numeric BETWEEN 0 AND 10 AND (p.payload->>'score')::numeric = trunc((p.payload->>'score')::numeric)) \
+                     ELSE true END \
+                     THEN format('score must be a whole number from 0 to 10, got %s', coalesce(p.payload->>'score', 'NULL'))"
+                        .to_string(),
+                );
+            }
+            Object::Account | Object::Organization => {}
+        }
+        format!("CASE {} END", cases.join(" "))
+    }
+
+    /// Phase two, over `source` (stage rows with a `dups` column, already narrowed to
+    /// those that may need sending): `sync_key, hash, payload, error` per row.
+    /// `OFFSET 0` keeps each expression computed once.
+    pub fn records_sql(&self, source: &str, options: &Options) -> String {
+        format!(
+            "SELECT p.sync_key, p.hash, p.payload, {validation} AS error \
+             FROM (SELECT r.sync_key, r.hash, r.payload, r.payload::text AS text, r.dups \
+                   FROM (SELECT s.sync_key, s.hash, {payload} AS payload, s.dups FROM ({source}) s OFFSET 0) r OFFSET 0) p",
+            validation = self.validation_sql(),
+            payload = self.payload_sql(options),
+        )
+    }
+}
+
+fn describe_all(columns: &[String]) -> String {
+    match columns {
+        [one] => format!("{one} is"),
+        [a, b] => format!("{a} and {b} are"),
+        many => format!("{} are all", many.join(", ")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::definition::Object;
+    use crate::mapping::plan;
+
+    fn col(name: &str, ty: ColumnType) -> Column {
+        Column { name: name.into(), ty, hashable: true }
+    }
+
+    #[test]
+    fn identifiers_and_literals_are_quoted() {
+        assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+    }
+
+    #[test]
+    fn more_than_50_traits_are_built_in_chunks() {
+        let mut columns = vec![col("id", ColumnType::Other)];
+        columns.extend((0..120).map(|i| col(&format!("c{i}"), ColumnType::Other)));
+        let p = plan(Object::Organization, "id", &columns, None).unwrap();
+        let sql = p.payload_sql(&Options::default());
+        assert_eq!(sql.matches("jsonb_build_object(").count(), 1 + 3, "one for the top level, three for 120 traits");
+    }
+
+    #[test]
+    fn timestamps_become_utc_iso_strings() {
+        let p = plan(Object::Account, "id", &[col("id", ColumnType::Other), col("seen", ColumnType::TimestampTz)], None).unwrap();
+        assert!(p.payload_sql(&Options::default()).contains("AT TIME ZONE 'UTC'"));
+    }
+
+    #[test]
+    fn the_query_cannot_swallow_the_closing_parenthesis_with_a_comment() {
+        let p = plan(Object::Organization, "id", &[col("id", ColumnType::Other)], None).unwrap();
+        let sql = p.stage_sql("SELECT 1 AS id -- trailing comment", 7, None);
+        assert!(sql.contains("-- trailing comment\n) q"));
+    }
+
+    #[test]
+    fn values_postgres_cannot_hash_are_hashed_as_text() {
+        let mut spot = col("spot", ColumnType::Other);
+        spot.hashable = false;
+        let p = plan(Object::Account, "id", &[col("id", ColumnType::Other), spot, col("doc", ColumnType::Json)], None).unwrap();
+        let sql = p.stage_sql("SELECT 1", 3, None);
+        assert!(sql.contains("hash_record_extended(ROW((q.\"id\")::text, (q.\"spot\")::text, (q.\"doc\")::jsonb), 3)"), "{sql}");
+    }
+
+    #[test]
+    fn a_column_mapped_twice_is_kept_once() {
+        let columns = [col("id", ColumnType::Other), col("name", ColumnType::Other)];
+        let m = serde_json::json!({"traits.a": "name", "traits.b": "name"});
+        let p = plan(Object::Account, "id", &columns, Some(&m)).unwrap();
+        assert_eq!(p.kept_columns().len(), 1);
+        assert!(p.stage_sql("SELECT 1", 0, None).contains("q.\"name\" AS c1"));
+    }
+
+    #[test]
+    fn the_fingerprint_changes_with_the_mapping_and_options() {
+        let columns = [col("id", ColumnType::Other), col("name", ColumnType::Other)];
+        let a = plan(Object::Account, "id", &columns, None).unwrap();
+        let b = plan(Object::Account, "id", &columns, Some(&serde_json::json!({"traits.n": "name"}))).unwrap();
+        assert_ne!(a.fingerprint(&Options::default()), b.fingerprint(&Options::default()));
+        assert_ne!(a.fingerprint(&Options::default()), a.fingerprint(&Options { skip_nulls: true, ..Options::default() }));
+    }
+}
