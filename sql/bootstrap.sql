@@ -105,7 +105,8 @@ CREATE TABLE vitally.record (
 );
 -- One pending record per key: a newer change replaces the pending one.
 CREATE UNIQUE INDEX record_pending_key ON vitally.record (sync_id, sync_key) WHERE status = 'pending';
-CREATE INDEX record_due ON vitally.record (next_attempt_at) WHERE status = 'pending';
+-- The worker claims due records per sync, oldest first.
+CREATE INDEX record_due ON vitally.record (sync_id, next_attempt_at) WHERE status = 'pending';
 CREATE INDEX record_run ON vitally.record (run_id, status);
 CREATE INDEX record_failed ON vitally.record (sync_id, sync_key) WHERE status = 'failed' AND replaced_at IS NULL;
 

@@ -23,7 +23,6 @@ pub extern "C-unwind" fn _PG_init() {
     guc::register();
     log_scrub::install();
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
-        worker::mark_preloaded();
         worker::register();
     }
 }

@@ -1,7 +1,7 @@
 //! Finishing runs: a run is over when none of its records is pending; its status
-//! then follows from its figures.
+//! then follows from its figures, and a NOTIFY on channel `vitally_sync` says so.
 
-use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
 
 /// The status rule, in SQL over a `vitally.sync_run` row `r`: nothing went wrong →
 /// succeeded; something went wrong and nothing went right → failed; else partially.
@@ -9,15 +9,21 @@ pub const STATUS_SQL: &str = "CASE WHEN r.records_failed + r.records_invalid = 0
                                   WHEN r.records_delivered + r.records_skipped + r.records_unchanged = 0 THEN 'failed'
                                   ELSE 'partially_failed' END";
 
-/// Finishes `run_id` if none of its records is pending. Call as the extension's owner.
-pub fn finish_if_done(run_id: i64) -> bool {
+/// Finishes those of `run_ids` that have no pending record left. Run as the extension's owner.
+pub fn finish_if_done(client: &mut SpiClient<'_>, run_ids: &[i64]) {
+    if run_ids.is_empty() {
+        return;
+    }
     let sql = format!(
-        "UPDATE vitally.sync_run r SET status = {STATUS_SQL}, finished_at = pg_catalog.clock_timestamp()
-          WHERE r.id = $1 AND r.status = 'running'
-            AND NOT EXISTS (SELECT FROM vitally.record p WHERE p.run_id = r.id AND p.status = 'pending')
-         RETURNING r.id"
+        "WITH finished AS (
+             UPDATE vitally.sync_run r SET status = {STATUS_SQL}, finished_at = pg_catalog.clock_timestamp()
+              WHERE r.id = ANY($1) AND r.status = 'running'
+                AND NOT EXISTS (SELECT FROM vitally.record p WHERE p.run_id = r.id AND p.status = 'pending')
+             RETURNING r.*)
+         SELECT pg_catalog.pg_notify('vitally_sync', pg_catalog.json_build_object(
+                    'run_id', f.id, 'sync', s.name, 'status', f.status, 'delivered', f.records_delivered,
+                    'skipped', f.records_skipped, 'failed', f.records_failed, 'invalid', f.records_invalid)::text)
+           FROM finished f JOIN vitally.sync s ON s.id = f.sync_id"
     );
-    Spi::connect_mut(|client| {
-        !client.update(&sql, None, &[run_id.into()]).unwrap_or_else(|e| crate::catalog::internal(e)).is_empty()
-    })
+    client.update(&sql, None, &[run_ids.to_vec().into()]).unwrap_or_else(|e| crate::catalog::internal(e));
 }

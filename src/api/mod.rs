@@ -1,5 +1,6 @@
 //! The SQL functions users call, one file per kind of thing they manage.
 
+mod delivery;
 mod destinations;
 mod running;
 mod syncs;

@@ -37,7 +37,8 @@ mod vitally {
         let rows = stage(&sync, &prepared, Pass::Run { full_resync });
         as_extension_owner(|| queue(&sync, &prepared, run_id, rows));
         drop_stage();
-        as_extension_owner(|| crate::runs::finish_if_done(run_id));
+        as_extension_owner(|| Spi::connect_mut(|client| crate::runs::finish_if_done(client, &[run_id])));
+        crate::worker::wake_on_commit();
         crate::worker::warn_if_not_delivering();
         run_id
     }

@@ -74,7 +74,9 @@ pub enum Lookup {
 pub struct VitallyClient {
     http: reqwest::Client,
     config: ClientConfig,
-    in_flight: Arc<Semaphore>,
+    /// Requests in flight, bounded per destination API (its URL and key), so that a
+    /// slow destination never takes the slots of another.
+    in_flight: Mutex<HashMap<String, Arc<Semaphore>>>,
     /// One limiter per authorization header (so per key), shared by every sync using it.
     limiters: Mutex<HashMap<String, Arc<RateLimiter>>>,
 }
@@ -87,7 +89,7 @@ impl VitallyClient {
             .user_agent(concat!("vitally_sync/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("the TLS backend initializes");
-        VitallyClient { http, in_flight: Arc::new(Semaphore::new(config.max_concurrency.max(1))), config, limiters: Mutex::new(HashMap::new()) }
+        VitallyClient { http, in_flight: Mutex::new(HashMap::new()), config, limiters: Mutex::new(HashMap::new()) }
     }
 
     pub fn config(&self) -> &ClientConfig {
@@ -107,8 +109,15 @@ impl VitallyClient {
     /// Sends one request under the key's pacing and the bound on requests in flight.
     async fn request(&self, endpoint: &Endpoint, rest: bool, method: reqwest::Method, path: &str, body: Option<&Value>) -> Answer {
         let limiter = self.limiter(endpoint, rest);
+        let slots = self
+            .in_flight
+            .lock()
+            .unwrap()
+            .entry(format!("{} {}", endpoint.base_url, endpoint.authorization))
+            .or_insert_with(|| Arc::new(Semaphore::new(self.config.max_concurrency.max(1))))
+            .clone();
+        let _slot = slots.acquire_owned().await.expect("never closed");
         let permit = limiter.acquire().await;
-        let _slot = self.in_flight.acquire().await.expect("never closed");
         let mut request = self
             .http
             .request(method, format!("{}{}", endpoint.base_url, path))

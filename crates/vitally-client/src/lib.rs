@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod delivery;
 pub mod destination;
 pub mod message;
 pub mod outcome;

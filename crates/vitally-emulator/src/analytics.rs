@@ -105,6 +105,12 @@ pub fn validate(message: &Value) -> Result<(), String> {
     if text(m, "messageId").is_none() && text(m, "timestamp").is_none() {
         return Err("a message needs a messageId or a timestamp".into());
     }
+    if let Some(ts) = m.get("timestamp") {
+        let ok = ts.as_str().is_some_and(|t| chrono::DateTime::parse_from_rfc3339(t).is_ok());
+        if !ok {
+            return Err(format!("timestamp {ts} is not an ISO-8601 date-time"));
+        }
+    }
     if let Some(traits) = m.get("traits") {
         if !traits.is_object() {
             return Err("traits must be an object".into());
@@ -210,5 +216,6 @@ mod tests {
         assert_eq!(validate(&json!({"type": "unlink", "userId": "u", "messageId": "m"})).unwrap_err(), "unlink message without \"accountId\"");
         assert_eq!(validate(&json!({"type": "page", "messageId": "m"})).unwrap_err(), "unknown message type \"page\"");
         assert_eq!(validate(&json!({"type": "account", "accountId": "a", "messageId": "m", "traits": [1]})).unwrap_err(), "traits must be an object");
+        assert_eq!(validate(&json!({"type": "account", "accountId": "a", "timestamp": "yesterday"})).unwrap_err(), "timestamp \"yesterday\" is not an ISO-8601 date-time");
     }
 }

@@ -1,0 +1,163 @@
+//! Delivering queued records: a job is the records of one destination API claimed
+//! together; each record comes back with one outcome.
+//!
+//! Analytics records become messages (a user in several accounts: one per account),
+//! sent in batches; a record's outcome is the worst of its messages' (a retry then
+//! resends all of them under the same messageIds, and Vitally drops the repeats).
+//! Update-only records are looked up by your id and updated by Vitally's; NPS
+//! responses find their user first. Lookups are cached for the job.
+
+use crate::client::{Endpoint, Lookup, VitallyClient};
+use crate::message::{analytics_messages, nps_body, ObjectKind};
+use crate::outcome::Outcome;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+
+/// How a record is written to Vitally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Analytics API: upserts and events.
+    Analytics,
+    /// REST API: update records that exist, skip the rest.
+    UpdateOnly,
+    /// REST API: create or update an NPS response.
+    NpsResponse,
+}
+
+/// One queued record, as the worker claimed it.
+#[derive(Debug, Clone)]
+pub struct QueuedRecord {
+    pub id: i64,
+    pub kind: ObjectKind,
+    pub mode: Mode,
+    pub sync_key: String,
+    pub payload: Value,
+    pub message_id: String,
+    /// When it was queued, ISO-8601 UTC: the messages' timestamp.
+    pub queued_at: String,
+}
+
+/// Sends every record of a job to `endpoint`; returns `(record id, outcome)` for each.
+pub async fn deliver(client: &VitallyClient, endpoint: &Endpoint, records: Vec<QueuedRecord>) -> Vec<(i64, Outcome)> {
+    let (analytics, rest): (Vec<_>, Vec<_>) = records.into_iter().partition(|r| r.mode == Mode::Analytics);
+    let mut outcomes = deliver_analytics(client, endpoint, analytics).await;
+    outcomes.extend(deliver_rest(client, endpoint, rest).await);
+    outcomes
+}
+
+/// How bad an outcome is, to pick the one that stands for a record of several messages.
+fn severity(o: &Outcome) -> u8 {
+    match o {
+        Outcome::Delivered => 0,
+        Outcome::NotFound { .. } => 1,
+        Outcome::RateLimited { .. } => 2,
+        Outcome::Retry { .. } => 3,
+        Outcome::Rejected { .. } => 4,
+    }
+}
+
+async fn deliver_analytics(client: &VitallyClient, endpoint: &Endpoint, records: Vec<QueuedRecord>) -> Vec<(i64, Outcome)> {
+    let mut results: Vec<(i64, Outcome)> = Vec::new();
+    let mut messages = Vec::new();
+    let mut owner = Vec::new(); // message index -> index in `sent`
+    let mut sent: Vec<i64> = Vec::new();
+    for r in &records {
+        match analytics_messages(r.kind, &r.payload, &r.message_id, &r.queued_at) {
+            Ok(ms) => {
+                sent.push(r.id);
+                for m in ms {
+                    owner.push(sent.len() - 1);
+                    messages.push(m);
+                }
+            }
+            Err(e) => results.push((r.id, Outcome::Rejected { status: 0, error: format!("not sent: {e}") })),
+        }
+    }
+    let answers = client.send_analytics(endpoint, &messages).await;
+    let mut worst: Vec<Outcome> = vec![Outcome::Delivered; sent.len()];
+    for (i, answer) in answers.into_iter().enumerate() {
+        let slot = &mut worst[owner[i]];
+        if severity(&answer) > severity(slot) {
+            *slot = answer;
+        }
+    }
+    results.extend(sent.into_iter().zip(worst));
+    results
+}
+
+async fn deliver_rest(client: &VitallyClient, endpoint: &Endpoint, records: Vec<QueuedRecord>) -> Vec<(i64, Outcome)> {
+    // Lookups of one job are cached: many NPS responses of one user, one lookup.
+    let cache: tokio::sync::Mutex<HashMap<(String, String), Lookup>> = tokio::sync::Mutex::new(HashMap::new());
+    let find = |kind: ObjectKind, id: String| {
+        let cache = &cache;
+        async move {
+            let key = (kind.rest_collection().unwrap_or("").to_string(), id.clone());
+            if let Some(hit) = cache.lock().await.get(&key) {
+                return hit.clone();
+            }
+            let found = client.find(endpoint, kind, &id).await;
+            if !matches!(found, Lookup::Failed(_)) {
+                cache.lock().await.insert(key, found.clone());
+            }
+            found
+        }
+    };
+    let work = records.into_iter().map(|r| {
+        let find = &find;
+        async move {
+            let outcome = match r.mode {
+                Mode::UpdateOnly => match find(r.kind, r.sync_key.clone()).await {
+                    Lookup::Found(existing) => {
+                        let vitally_id = existing.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+                        client.update(endpoint, r.kind, &vitally_id, &update_body(&r.payload)).await
+                    }
+                    Lookup::NotFound => Outcome::NotFound { error: format!("no {} with id \"{}\" in Vitally: update only does not create it", kind_name(r.kind), r.sync_key) },
+                    Lookup::Failed(o) => o,
+                },
+                Mode::NpsResponse => {
+                    let user = r.payload.get("userId").map(text).unwrap_or_default();
+                    match find(ObjectKind::User, user.clone()).await {
+                        Lookup::Found(found) => {
+                            let vitally_id = found.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+                            client.create_nps_response(endpoint, &nps_body(&r.payload, &vitally_id, &r.sync_key)).await
+                        }
+                        Lookup::NotFound => Outcome::NotFound { error: format!("no user with id \"{user}\" in Vitally: the response is not sent") },
+                        Lookup::Failed(o) => o,
+                    }
+                }
+                Mode::Analytics => unreachable!("partitioned out"),
+            };
+            (r.id, outcome)
+        }
+    });
+    futures_util::future::join_all(work).await
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+fn kind_name(kind: ObjectKind) -> &'static str {
+    match kind {
+        ObjectKind::User => "user",
+        ObjectKind::Account => "account",
+        ObjectKind::Organization => "organization",
+        ObjectKind::Event => "event",
+        ObjectKind::NpsResponse => "NPS response",
+    }
+}
+
+/// The REST update body of a record: its traits (merged by Vitally; `null` deletes),
+/// and its name when the record has a `name` trait.
+pub fn update_body(payload: &Value) -> Value {
+    let traits = payload.get("traits").cloned().unwrap_or_else(|| json!({}));
+    let mut body = json!({ "traits": traits });
+    if let Some(name) = traits.get("name").and_then(Value::as_str) {
+        body["name"] = Value::String(name.to_string());
+    }
+    body
+}

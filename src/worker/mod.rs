@@ -1,0 +1,239 @@
+//! The background worker: registered at server start, connected to `vitally.database`,
+//! it delivers queued records.
+//!
+//! The main thread alone touches Postgres (claims, outcomes, settings, signals); HTTP
+//! runs as tokio tasks on a current-thread runtime that advances only while the main
+//! thread waits in `block_on`. Each destination API has at most one job in flight, so a
+//! slow or failing destination never holds up another. No transaction is open while a
+//! request is: records are claimed with a lease in one short transaction, and their
+//! outcomes recorded in another.
+
+mod queue;
+
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
+use pgrx::prelude::*;
+use pgrx::{pg_shmem_init, PgAtomic};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use vitally_client::delivery::deliver;
+use vitally_client::{ClientConfig, RetryPolicy, VitallyClient};
+
+/// How long the postmaster waits before starting the worker again after it exits.
+const RESTART_AFTER: Duration = Duration::from_secs(2);
+/// How often the worker wakes with nothing to do, to notice the extension appear.
+const IDLE_WAKE: Duration = Duration::from_secs(5);
+/// The longest the worker sleeps while records wait for a retry: the fallback timer.
+const MAX_SLEEP: Duration = Duration::from_secs(2);
+/// How often the worker looks for finished jobs and new work while jobs are in flight.
+const BUSY_TICK: Duration = Duration::from_millis(20);
+/// How long in-flight jobs may finish after SIGTERM before their records are released.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// The worker's pid in shared memory, so that a committing backend can wake it.
+static WORKER_PID: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"vitally_sync_worker_pid") };
+
+/// Set in the postmaster when the library is preloaded; every backend inherits it.
+static PRELOADED: AtomicBool = AtomicBool::new(false);
+
+/// Called from `_PG_init` while preloading: shared memory and the worker.
+pub fn register() {
+    PRELOADED.store(true, Ordering::Relaxed);
+    pg_shmem_init!(WORKER_PID);
+    BackgroundWorkerBuilder::new("vitally_sync worker")
+        .set_type("vitally_sync worker")
+        .set_library("vitally_sync")
+        .set_function("vitally_sync_worker_main")
+        .enable_spi_access()
+        .enable_shmem_access(None)
+        .set_restart_time(Some(RESTART_AFTER))
+        .load();
+}
+
+/// Wakes the worker (sets its latch) if it runs; safe from any backend.
+pub fn wake() {
+    if !PRELOADED.load(Ordering::Relaxed) {
+        return;
+    }
+    let pid = WORKER_PID.get().load(Ordering::Relaxed);
+    if pid <= 0 {
+        return;
+    }
+    unsafe {
+        let proc_ = pg_sys::BackendPidGetProc(pid);
+        if !proc_.is_null() {
+            pg_sys::SetLatch(&mut (*proc_).procLatch);
+        }
+    }
+}
+
+/// Wakes the worker when the current transaction commits (records it queued become
+/// visible only then); nothing happens on rollback.
+pub fn wake_on_commit() {
+    pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, wake);
+}
+
+/// The settings the worker works with, read on start and on SIGHUP.
+#[derive(Clone)]
+pub struct Settings {
+    pub client: ClientConfig,
+    pub retry: RetryPolicy,
+}
+
+impl Settings {
+    fn read() -> Settings {
+        use crate::guc::*;
+        Settings {
+            client: ClientConfig {
+                request_timeout: Duration::from_millis(REQUEST_TIMEOUT_MS.get().max(1) as u64),
+                max_concurrency: MAX_CONCURRENCY.get().max(1) as usize,
+                rest_requests_per_minute: REST_REQUESTS_PER_MINUTE.get().max(1) as u32,
+                batch_size: BATCH_SIZE.get().clamp(1, 100) as usize,
+            },
+            retry: RetryPolicy { max_attempts: MAX_ATTEMPTS.get().max(1) as u32, ..RetryPolicy::default() },
+        }
+    }
+
+    /// Records claimed for one job: enough for every slot to send a few requests, or
+    /// about ten seconds of REST calls at the configured pace.
+    fn job_size(&self, rest: bool) -> i64 {
+        if rest {
+            (self.client.rest_requests_per_minute as i64 / 6).max(10)
+        } else {
+            (self.client.batch_size * self.client.max_concurrency * 4) as i64
+        }
+    }
+}
+
+fn shutdown_requested() -> bool {
+    unsafe { pg_sys::ShutdownRequestPending != 0 }
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn vitally_sync_worker_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let database = crate::guc::database();
+    BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    WORKER_PID.get().store(unsafe { pg_sys::MyProcPid }, Ordering::Relaxed);
+    queue::pin_search_path();
+    log!("vitally_sync worker started for database \"{database}\"");
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
+    let mut settings = Settings::read();
+    let mut client = Arc::new(VitallyClient::new(settings.client.clone()));
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<queue::Finished>();
+    let mut in_flight: HashMap<queue::JobKey, Vec<queue::Claimed>> = HashMap::new();
+    let mut finished: Vec<queue::Finished> = Vec::new();
+    let mut installed = false;
+
+    loop {
+        if BackgroundWorker::sighup_received() {
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+            settings = Settings::read();
+            client = Arc::new(VitallyClient::new(settings.client.clone()));
+            log!("vitally_sync worker: settings reloaded (batch_size {})", settings.client.batch_size);
+        }
+        if shutdown_requested() {
+            break;
+        }
+        let now_installed = queue::extension_installed();
+        if now_installed != installed {
+            log!(
+                "vitally_sync worker: extension {} in database \"{database}\"",
+                if now_installed { "found" } else { "not installed" }
+            );
+            installed = now_installed;
+            if installed {
+                // Only this worker claims records: a lease still held is one a crash left.
+                queue::release_all_leases();
+            }
+        }
+        if !installed {
+            if !BackgroundWorker::wait_latch(Some(IDLE_WAKE)) {
+                break;
+            }
+            continue;
+        }
+
+        while let Ok(f) = done_rx.try_recv() {
+            finished.push(f);
+        }
+        if !finished.is_empty() {
+            for f in &finished {
+                in_flight.remove(&f.key);
+            }
+            queue::record_outcomes(std::mem::take(&mut finished), &settings.retry);
+        }
+
+        let busy: Vec<queue::JobKey> = in_flight.keys().cloned().collect();
+        for job in queue::claim(&busy, &settings) {
+            in_flight.insert(job.key.clone(), job.records.clone());
+            let (client, tx) = (client.clone(), done_tx.clone());
+            runtime.spawn(async move {
+                let outcomes = match &job.endpoint {
+                    Ok(endpoint) => deliver(&client, endpoint, job.records.iter().map(|c| c.record.clone()).collect()).await,
+                    Err(reason) => job.records.iter().map(|c| (c.record.id, reason.clone())).collect(),
+                };
+                let _ = tx.send(queue::Finished { key: job.key, records: job.records, outcomes });
+            });
+        }
+
+        if in_flight.is_empty() {
+            let sleep = queue::next_due().unwrap_or(MAX_SLEEP).clamp(Duration::from_millis(5), MAX_SLEEP);
+            if !BackgroundWorker::wait_latch(Some(sleep)) {
+                break;
+            }
+        } else {
+            // HTTP advances only in here.
+            if let Some(f) = runtime.block_on(async { tokio::time::timeout(BUSY_TICK, done_rx.recv()).await.ok().flatten() }) {
+                finished.push(f);
+            }
+            unsafe { pg_sys::ResetLatch(pg_sys::MyLatch) };
+        }
+    }
+
+    // A clean stop: let jobs in flight finish briefly, record what they got, and put
+    // back what they did not, so nothing is lost (or sent twice needlessly).
+    if !in_flight.is_empty() {
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        while !in_flight.is_empty() {
+            match runtime.block_on(async { tokio::time::timeout_at(deadline, done_rx.recv()).await }) {
+                Ok(Some(f)) => {
+                    in_flight.remove(&f.key);
+                    finished.push(f);
+                }
+                _ => break,
+            }
+        }
+        queue::record_outcomes(std::mem::take(&mut finished), &settings.retry);
+        let unfinished: Vec<i64> = in_flight.values().flatten().map(|c| c.record.id).collect();
+        queue::release(&unfinished);
+    }
+    WORKER_PID.get().store(0, Ordering::Relaxed);
+    log!("vitally_sync worker stopped");
+    // Exit code 1 asks the postmaster to start the worker again (after RESTART_AFTER)
+    // when only this process was told to stop (pg_terminate_backend); at server
+    // shutdown nothing is restarted.
+    unsafe { pg_sys::proc_exit(1) };
+}
+
+/// Tells the caller of `vitally.sync()` when nothing will deliver what it queued.
+pub fn warn_if_not_delivering() {
+    if !PRELOADED.load(Ordering::Relaxed) {
+        warning!(
+            "vitally_sync is not in shared_preload_libraries, so no worker delivers the queued records; \
+             add it in postgresql.conf and restart the server"
+        );
+        return;
+    }
+    let served = crate::guc::database();
+    let here = Spi::get_one::<String>("SELECT pg_catalog.current_database()::text").ok().flatten().unwrap_or_default();
+    if served != here {
+        warning!(
+            "the vitally_sync worker serves database \"{served}\", not \"{here}\": records queued here are not delivered; \
+             set vitally.database = '{here}' in postgresql.conf and restart the server"
+        );
+    }
+}
