@@ -11,6 +11,8 @@ pub static MAX_CONCURRENCY: GucSetting<i32> = GucSetting::<i32>::new(4);
 pub static MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(10);
 pub static REQUEST_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
 pub static REST_REQUESTS_PER_MINUTE: GucSetting<i32> = GucSetting::<i32>::new(900);
+pub static RETRY_MIN_DELAY_MS: GucSetting<i32> = GucSetting::<i32>::new(1_000);
+pub static RETRY_MAX_DELAY_MS: GucSetting<i32> = GucSetting::<i32>::new(600_000);
 pub static RECORD_RETENTION_MIN: GucSetting<i32> = GucSetting::<i32>::new(14 * 24 * 60);
 
 pub fn register() {
@@ -51,6 +53,26 @@ pub fn register() {
         1000,
         GucContext::Sighup,
         GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"vitally.retry_min_delay",
+        c"Wait before the first retry of a record; it doubles with each attempt (plus jitter).",
+        c"",
+        &RETRY_MIN_DELAY_MS,
+        1,
+        3_600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"vitally.retry_max_delay",
+        c"The longest wait between two attempts of a record.",
+        c"",
+        &RETRY_MAX_DELAY_MS,
+        1,
+        86_400_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
     );
     GucRegistry::define_int_guc(
         c"vitally.request_timeout",

@@ -77,30 +77,37 @@ mod vitally {
         let moved = as_extension_owner(|| {
             Spi::connect_mut(|client| {
                 let sync = owned_sync(client, name, me, true);
-                let moved = client
+                // Three statements: in one, the run a CTE inserts would be invisible to the rest.
+                let run: i64 = client
                     .update(
-                        "WITH run AS (
-                             INSERT INTO vitally.sync_run (sync_id, planned_at) VALUES ($1, pg_catalog.clock_timestamp()) RETURNING id),
-                         moved AS (
-                             UPDATE vitally.record r
-                                SET status = 'pending', attempts = 0, next_attempt_at = pg_catalog.now(), lease_until = NULL,
-                                    error = NULL, http_status = NULL, run_id = (SELECT id FROM run), queued_at = pg_catalog.now()
-                              WHERE r.sync_id = $1 AND r.status = 'failed' AND r.replaced_at IS NULL
-                                AND NOT EXISTS (SELECT FROM vitally.record p
-                                                 WHERE p.sync_id = $1 AND p.sync_key = r.sync_key AND p.status = 'pending')
-                             RETURNING 1)
-                         UPDATE vitally.sync_run SET records_queued = (SELECT pg_catalog.count(*) FROM moved)
-                          WHERE id = (SELECT id FROM run)
-                         RETURNING id, records_queued",
+                        "INSERT INTO vitally.sync_run (sync_id, planned_at) VALUES ($1, pg_catalog.clock_timestamp()) RETURNING id",
                         None,
                         &[sync.id.into()],
                     )
                     .unwrap_or_else(|e| internal(e))
-                    .first();
-                let run: i64 = moved.get(1).ok().flatten().unwrap_or_default();
-                let count: i64 = moved.get(2).ok().flatten().unwrap_or_default();
+                    .first()
+                    .get_one()
+                    .unwrap_or_else(|e| internal(e))
+                    .unwrap_or_default();
+                let count = client
+                    .update(
+                        "UPDATE vitally.record r
+                            SET status = 'pending', attempts = 0, next_attempt_at = pg_catalog.now(), lease_until = NULL,
+                                error = NULL, http_status = NULL, run_id = $2, queued_at = pg_catalog.now()
+                          WHERE r.sync_id = $1 AND r.status = 'failed' AND r.replaced_at IS NULL
+                            AND NOT EXISTS (SELECT FROM vitally.record p
+                                             WHERE p.sync_id = $1 AND p.sync_key = r.sync_key AND p.status = 'pending')",
+                        None,
+                        &[sync.id.into(), run.into()],
+                    )
+                    .unwrap_or_else(|e| internal(e))
+                    .len() as i64;
                 if count == 0 {
                     client.update("DELETE FROM vitally.sync_run WHERE id = $1", None, &[run.into()]).unwrap_or_else(|e| internal(e));
+                } else {
+                    client
+                        .update("UPDATE vitally.sync_run SET records_queued = $2 WHERE id = $1", None, &[run.into(), count.into()])
+                        .unwrap_or_else(|e| internal(e));
                 }
                 count
             })

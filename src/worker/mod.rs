@@ -91,7 +91,11 @@ impl Settings {
                 rest_requests_per_minute: REST_REQUESTS_PER_MINUTE.get().max(1) as u32,
                 batch_size: BATCH_SIZE.get().clamp(1, 100) as usize,
             },
-            retry: RetryPolicy { max_attempts: MAX_ATTEMPTS.get().max(1) as u32, ..RetryPolicy::default() },
+            retry: RetryPolicy {
+                max_attempts: MAX_ATTEMPTS.get().max(1) as u32,
+                min_delay: Duration::from_millis(RETRY_MIN_DELAY_MS.get().max(1) as u64),
+                max_delay: Duration::from_millis(RETRY_MAX_DELAY_MS.get().max(RETRY_MIN_DELAY_MS.get()).max(1) as u64),
+            },
         }
     }
 
@@ -104,6 +108,14 @@ impl Settings {
             (self.client.batch_size * self.client.max_concurrency * 4) as i64
         }
     }
+}
+
+/// Whether the postmaster still runs (a zero-timeout wait that does not touch the latch).
+fn postmaster_alive() -> bool {
+    let events = unsafe {
+        pg_sys::WaitLatch(pg_sys::MyLatch, (pg_sys::WL_TIMEOUT | pg_sys::WL_POSTMASTER_DEATH) as i32, 0, pg_sys::PG_WAIT_EXTENSION)
+    };
+    events & pg_sys::WL_POSTMASTER_DEATH as i32 == 0
 }
 
 fn shutdown_requested() -> bool {
@@ -137,6 +149,10 @@ pub extern "C-unwind" fn vitally_sync_worker_main(_arg: pg_sys::Datum) {
         }
         if shutdown_requested() {
             break;
+        }
+        if !postmaster_alive() {
+            // The postmaster is gone (killed): leave at once; leases are released on restart.
+            unsafe { pg_sys::proc_exit(1) };
         }
         let now_installed = queue::extension_installed();
         if now_installed != installed {

@@ -55,6 +55,11 @@ impl Endpoint {
     pub fn base_url(&self) -> &str {
         &self.base_url
     }
+
+    /// What limits are kept per: the host's API and the key (never shown).
+    fn slot_key(&self) -> String {
+        format!("{} {}", self.base_url, self.authorization)
+    }
 }
 
 /// An answer as far as the client needs it.
@@ -77,7 +82,7 @@ pub struct VitallyClient {
     /// Requests in flight, bounded per destination API (its URL and key), so that a
     /// slow destination never takes the slots of another.
     in_flight: Mutex<HashMap<String, Arc<Semaphore>>>,
-    /// One limiter per authorization header (so per key), shared by every sync using it.
+    /// One limiter per key (and host), shared by every sync and destination using it.
     limiters: Mutex<HashMap<String, Arc<RateLimiter>>>,
 }
 
@@ -101,7 +106,7 @@ impl VitallyClient {
         self.limiters
             .lock()
             .unwrap()
-            .entry(endpoint.authorization.clone())
+            .entry(endpoint.slot_key())
             .or_insert_with(|| Arc::new(RateLimiter::new(pace)))
             .clone()
     }
@@ -113,7 +118,7 @@ impl VitallyClient {
             .in_flight
             .lock()
             .unwrap()
-            .entry(format!("{} {}", endpoint.base_url, endpoint.authorization))
+            .entry(endpoint.slot_key())
             .or_insert_with(|| Arc::new(Semaphore::new(self.config.max_concurrency.max(1))))
             .clone();
         let _slot = slots.acquire_owned().await.expect("never closed");

@@ -19,6 +19,8 @@ pub struct Faults {
     pub error_rate: f64,
     /// The next this-many API requests are answered 429.
     pub burst_429: u32,
+    /// The next this-many API requests are answered 503 (a storm that surely hits).
+    pub fail_next: u32,
     /// Seconds a fault 429 tells the client to wait (RateLimit-Reset, and Retry-After if configured).
     pub reset_secs: u64,
     /// Share (0 to 1) of API requests whose connection drops after the status line.
@@ -85,7 +87,13 @@ async fn serve(shared: &AppState, request: Request, next: Next) -> Response {
                 return Some(response);
             }
         }
-        if faults.error_rate > 0.0 && fastrand::f64() < faults.error_rate {
+        let forced = faults.fail_next > 0 && {
+            let mut config = shared.config.lock().unwrap();
+            let hit = config.faults.fail_next > 0;
+            config.faults.fail_next = config.faults.fail_next.saturating_sub(1);
+            hit
+        };
+        if forced || (faults.error_rate > 0.0 && fastrand::f64() < faults.error_rate) {
             state.counters.responses_5xx += 1;
             return Some((StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({"error": "Service Unavailable"})))
                 .into_response());

@@ -123,6 +123,36 @@ impl Cluster {
         self.connect(db, "postgres")
     }
 
+    /// The postmaster's pid, from `postmaster.pid`.
+    pub fn postmaster_pid(&self) -> i32 {
+        fs::read_to_string(self.data_dir().join("postmaster.pid"))
+            .ok()
+            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse().ok()))
+            .expect("postmaster.pid")
+    }
+
+    /// Sends SIGKILL to a process of the cluster.
+    pub fn kill9(&self, pid: i32) {
+        let status = Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+        assert!(status.success(), "kill -9 {pid}");
+    }
+
+    /// Starts the cluster again after a crash or a stop, once the old processes are gone.
+    pub fn start_again(&self) {
+        eventually("the cluster to start again", Duration::from_secs(60), || {
+            let mut c = pg_command("pg_ctl");
+            c.args(["-D", self.data_dir().to_str().unwrap(), "-l", self.log_path().to_str().unwrap(), "-w", "-t", "60", "start"]);
+            c.stdin(Stdio::null()).output().ok().filter(|o| o.status.success()).map(|_| ())
+        });
+    }
+
+    /// A fast shutdown (SIGINT to the postmaster), as `pg_ctl stop -m fast` does.
+    pub fn stop_fast(&self) {
+        let mut c = pg_command("pg_ctl");
+        c.args(["-D", self.data_dir().to_str().unwrap(), "-m", "fast", "-w", "stop"]);
+        run(c, "pg_ctl stop -m fast");
+    }
+
     pub fn stop(&self) {
         let mut c = pg_command("pg_ctl");
         c.args(["-D", self.data_dir().to_str().unwrap(), "-m", "fast", "-w", "stop"]);
@@ -212,4 +242,27 @@ pub fn destination(db: &mut Client, name: &str) {
                 analytics_url => 'http://127.0.0.1:9/analytics/v1', rest_url => 'http://127.0.0.1:9/resources')"
     ))
     .unwrap();
+}
+
+pub use vitally_emulator::{Config as EmulatorConfig, Emulator, Faults};
+
+/// Starts an emulator on a free loopback port with its own thread and runtime.
+pub fn emulator(faults: Faults) -> Emulator {
+    Emulator::spawn("127.0.0.1:0", EmulatorConfig { faults, ..EmulatorConfig::default() }).expect("emulator starts")
+}
+
+/// A destination pointing at `emulator`, with the keys it accepts.
+pub fn emulator_destination(db: &mut Client, name: &str, emulator: &Emulator) {
+    db.execute(
+        "SELECT vitally.create_destination($1, analytics_api_key => 'test-analytics-key', rest_api_key => 'test-rest-token',
+                analytics_url => $2, rest_url => $3)",
+        &[&name, &emulator.analytics_url(), &emulator.rest_url()],
+    )
+    .unwrap();
+}
+
+/// Runs a sync and waits for its run to finish; returns the run's status.
+pub fn sync_and_wait(db: &mut Client, sync: &str, seconds: u32) -> String {
+    let run: i64 = scalar(db, &format!("SELECT vitally.sync('{sync}')"));
+    scalar(db, &format!("SELECT vitally.wait({run}, timeout => '{seconds} seconds')"))
 }

@@ -7,6 +7,8 @@ mod s03_worker;
 mod s04_syncs;
 mod s05_planning;
 mod s06_sync_security;
+mod s07_delivery;
+mod s08_durability;
 
 /// Every scenario, as test trials named `<file>::<test>`.
 pub fn all() -> Vec<Trial> {
@@ -18,6 +20,8 @@ pub fn all() -> Vec<Trial> {
     trials.extend(s04_syncs::trials());
     trials.extend(s05_planning::trials());
     trials.extend(s06_sync_security::trials());
+    trials.extend(s07_delivery::trials());
+    trials.extend(s08_durability::trials());
     trials
 }
 

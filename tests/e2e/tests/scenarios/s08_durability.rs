@@ -1,0 +1,132 @@
+//! Nothing is lost: crashes and stops in the middle of delivery, on clusters of
+//! their own; and settings picked up on reload.
+
+use std::collections::HashMap;
+use std::time::Duration;
+use vitally_e2e::{emulator, emulator_destination, eventually, scalar, Client, Cluster, Emulator, Faults};
+
+crate::trials!("08_durability":
+    kill_9_of_the_postmaster_mid_delivery_loses_nothing,
+    a_fast_shutdown_mid_delivery_loses_nothing,
+    kill_9_of_the_worker_mid_delivery_loses_nothing,
+    a_reload_picks_up_batch_size_and_max_attempts,
+);
+
+const RECORDS: i64 = 20_000;
+
+fn cluster_with_worker(name: &str) -> Cluster {
+    let cluster = Cluster::start(
+        name,
+        &["shared_preload_libraries = 'vitally_sync'", "vitally.database = 'app'", "vitally.retry_min_delay = '100ms'"],
+    );
+    cluster.admin("postgres").batch_execute("CREATE DATABASE app").unwrap();
+    cluster.admin("app").batch_execute("CREATE EXTENSION vitally_sync").unwrap();
+    cluster
+}
+
+/// Queues RECORDS accounts for a destination at `vitally` and returns once the
+/// emulator has received `before` messages: delivery is under way.
+fn start_delivering(cluster: &Cluster, vitally: &Emulator, before: u64) {
+    let mut db = cluster.admin("app");
+    emulator_destination(&mut db, "d", vitally);
+    db.batch_execute(&format!(
+        "CREATE TABLE accounts AS SELECT 'a' || g AS id, g AS seats FROM generate_series(1, {RECORDS}) g;
+         SELECT vitally.create_sync('accounts', 'd', 'account', 'upsert', 'SELECT * FROM accounts', 'id');
+         SELECT vitally.sync('accounts');"
+    ))
+    .unwrap();
+    eventually("delivery to be under way", Duration::from_secs(60), || (vitally.counters().messages >= before).then_some(()));
+}
+
+/// Every record delivered in the end; each account received at most twice, and a
+/// repeat always under the same messageId (so Vitally drops it).
+fn everything_arrived_once_or_as_a_harmless_repeat(cluster: &Cluster, vitally: &Emulator) {
+    // Each look connects anew: a crash restart ends every connection of the moment.
+    let connect = || Client::connect(&format!("host=127.0.0.1 port={} dbname=app user=postgres", cluster.port), postgres::NoTls).ok();
+    eventually("every record delivered", Duration::from_secs(180), || {
+        let n: i64 = connect()?.query_one("SELECT count(*) FROM vitally.record WHERE status = 'delivered'", &[]).ok()?.get(0);
+        (n == RECORDS).then_some(())
+    });
+    let mut db = connect().expect("a connection");
+    let failed: i64 = scalar(&mut db, "SELECT count(*) FROM vitally.record WHERE status <> 'delivered'");
+    assert_eq!(failed, 0);
+    let mut seen: HashMap<String, Vec<String>> = HashMap::new();
+    for r in vitally.received() {
+        let account = r.body["accountId"].as_str().unwrap().to_string();
+        seen.entry(account).or_default().push(r.message_id.unwrap());
+    }
+    assert_eq!(seen.len() as i64, RECORDS, "every account arrived");
+    for (account, ids) in &seen {
+        assert!(ids.len() <= 2, "{account} arrived {} times", ids.len());
+        assert!(ids.iter().all(|id| *id == ids[0]), "{account} was repeated under another messageId");
+    }
+    assert_eq!(vitally.count("accounts") as i64, RECORDS);
+}
+
+fn kill_9_of_the_postmaster_mid_delivery_loses_nothing() {
+    let cluster = cluster_with_worker("kill-postmaster");
+    let vitally = emulator(Faults { latency_ms: 100, ..Faults::default() });
+    start_delivering(&cluster, &vitally, 2_000);
+    cluster.kill9(cluster.postmaster_pid());
+    cluster.start_again();
+    everything_arrived_once_or_as_a_harmless_repeat(&cluster, &vitally);
+}
+
+fn a_fast_shutdown_mid_delivery_loses_nothing() {
+    let cluster = cluster_with_worker("fast-stop");
+    let vitally = emulator(Faults { latency_ms: 100, ..Faults::default() });
+    start_delivering(&cluster, &vitally, 2_000);
+    cluster.stop_fast();
+    let log = cluster.log();
+    assert!(log.contains("vitally_sync worker stopped"), "the worker stopped cleanly");
+    cluster.start_again();
+    everything_arrived_once_or_as_a_harmless_repeat(&cluster, &vitally);
+}
+
+fn kill_9_of_the_worker_mid_delivery_loses_nothing() {
+    let cluster = cluster_with_worker("kill-worker");
+    let vitally = emulator(Faults { latency_ms: 100, ..Faults::default() });
+    start_delivering(&cluster, &vitally, 2_000);
+    let worker: i32 = scalar(&mut cluster.admin("app"), "SELECT pid FROM pg_stat_activity WHERE backend_type = 'vitally_sync worker'");
+    cluster.kill9(worker);
+    everything_arrived_once_or_as_a_harmless_repeat(&cluster, &vitally);
+}
+
+fn reloaded(cluster: &Cluster, setting: &str) {
+    eventually("the worker to reload its settings", Duration::from_secs(30), || {
+        cluster.log().contains(setting).then_some(())
+    });
+}
+
+fn a_reload_picks_up_batch_size_and_max_attempts() {
+    let cluster = cluster_with_worker("reload");
+    // The worker restarts once "app" exists; a reload before that would go unseen.
+    reloaded(&cluster, "extension found in database \"app\"");
+    let mut db = cluster.admin("app");
+    db.batch_execute("ALTER SYSTEM SET vitally.batch_size = 7").unwrap();
+    db.batch_execute("SELECT pg_reload_conf()").unwrap();
+    reloaded(&cluster, "settings reloaded (batch_size 7)");
+    let vitally = emulator(Faults::default());
+    emulator_destination(&mut db, "d", &vitally);
+    db.batch_execute(
+        "CREATE TABLE accounts AS SELECT 'a' || g AS id FROM generate_series(1, 50) g;
+         SELECT vitally.create_sync('accounts', 'd', 'account', 'upsert', 'SELECT * FROM accounts', 'id');",
+    )
+    .unwrap();
+    assert_eq!(vitally_e2e::sync_and_wait(&mut db, "accounts", 60), "succeeded");
+    assert_eq!(vitally.counters().analytics_requests, 8, "50 records in batches of 7");
+
+    db.batch_execute("ALTER SYSTEM SET vitally.max_attempts = 2").unwrap();
+    db.batch_execute("SELECT pg_reload_conf()").unwrap();
+    eventually("a second reload", Duration::from_secs(30), || {
+        (cluster.log().matches("settings reloaded").count() >= 2).then_some(())
+    });
+    let down = emulator(Faults { error_rate: 1.0, ..Faults::default() });
+    emulator_destination(&mut db, "down", &down);
+    db.batch_execute("SELECT vitally.create_sync('down', 'down', 'account', 'upsert', 'SELECT * FROM accounts LIMIT 1', 'id')").unwrap();
+    assert_eq!(vitally_e2e::sync_and_wait(&mut db, "down", 60), "failed");
+    let row = db.query_one("SELECT attempts, http_status, error FROM vitally.records WHERE sync_name = 'down'", &[]).unwrap();
+    assert_eq!(row.get::<_, i32>(0), 2);
+    assert_eq!(row.get::<_, Option<i32>>(1), Some(503));
+    assert_eq!(row.get::<_, &str>(2), "Service Unavailable (gave up after 2 attempts)");
+}
