@@ -102,12 +102,13 @@ CREATE TABLE vitally.record (
     queued_at       timestamptz NOT NULL DEFAULT pg_catalog.now(),
     delivered_at    timestamptz,
     replaced_at     timestamptz    -- a failed record whose key was queued again
-);
+) WITH (fillfactor = 80);         -- room for the worker's lease updates to stay HOT (no index writes)
 -- One pending record per key: a newer change replaces the pending one.
 CREATE UNIQUE INDEX record_pending_key ON vitally.record (sync_id, sync_key) WHERE status = 'pending';
 -- The worker claims due records per sync, oldest first.
 CREATE INDEX record_due ON vitally.record (sync_id, next_attempt_at) WHERE status = 'pending';
-CREATE INDEX record_run ON vitally.record (run_id, status);
+-- Whether a run still has pending records; finished records leave it.
+CREATE INDEX record_run ON vitally.record (run_id) WHERE status = 'pending';
 CREATE INDEX record_failed ON vitally.record (sync_id, sync_key) WHERE status = 'failed' AND replaced_at IS NULL;
 
 -- What was last delivered per key: the payload's hash (append: that the event was sent).

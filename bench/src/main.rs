@@ -1,89 +1,187 @@
 //! `make bench`: measures vitally_sync against baselines in one run on this machine
 //! and prints a table of ratios. Not a test: it asserts nothing, it reports.
+//!
+//! BENCH_ROWS (default 1,000,000) sizes the planning runs and the queue drained for
+//! the worker's memory; BENCH_DELIVERY (default 20,000) the delivery runs;
+//! BENCH_ONLY=planning or delivery runs one half.
 
 use std::time::{Duration, Instant};
-use vitally_e2e::{deliver_by_hand, scalar, Client, Cluster};
+use vitally_e2e::{deliver_by_hand, eventually, scalar, Client, Cluster};
+use vitally_emulator::{Config, Emulator, Faults};
 
 mod memory;
 
+/// One line of the table: a figure, and the baseline it is compared with.
 struct Row {
     what: String,
-    took: Duration,
-    baseline: Duration,
+    value: f64,
+    baseline: f64,
+    unit: &'static str,
     note: String,
 }
 
-fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
-    let t = Instant::now();
-    let v = f();
-    (v, t.elapsed())
+fn env(name: &str, default: i64) -> i64 {
+    std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
 }
 
 fn main() {
-    let rows_n: i64 = std::env::var("BENCH_ROWS").ok().and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
+    let rows_n = env("BENCH_ROWS", 1_000_000);
+    let delivery_n = env("BENCH_DELIVERY", 20_000);
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let mut table = Vec::new();
+    if only.is_empty() || only == "planning" {
+        planning(rows_n, &mut table);
+    }
+    if only.is_empty() || only == "delivery" {
+        delivery(delivery_n, rows_n, &mut table);
+    }
+
+    println!("\nvitally_sync benchmarks, {}", machine());
+    println!("{:<52} {:>12} {:>12} {:>8}  {}", "measurement", "value", "baseline", "ratio", "notes");
+    for r in &table {
+        println!(
+            "{:<52} {:>10.2}{:<2} {:>10.2}{:<2} {:>7.2}x  {}",
+            r.what,
+            r.value,
+            r.unit,
+            r.baseline,
+            r.unit,
+            r.value / r.baseline,
+            r.note
+        );
+    }
+}
+
+/// vitally.sync() over `n` rows next to CREATE TEMP TABLE AS of the same query, in
+/// a cluster whose worker serves another database (nothing is sent).
+fn planning(n: i64, table: &mut Vec<Row>) {
     let cluster = Cluster::start(
-        "bench",
-        &["shared_preload_libraries = 'vitally_sync'", "vitally.database = 'bench'", "shared_buffers = '1GB'", "work_mem = '16MB'"],
+        "bench-plan",
+        &["shared_preload_libraries = 'vitally_sync'", "vitally.database = 'postgres'", "shared_buffers = '1GB'"],
     );
     cluster.admin("postgres").batch_execute("CREATE DATABASE bench").unwrap();
     let mut db = cluster.admin("bench");
     db.batch_execute(&format!(
-        "CREATE EXTENSION vitally_sync;
+        "SET client_min_messages = error;
+         CREATE EXTENSION vitally_sync;
          SELECT vitally.create_destination('d', analytics_api_key => 'k', analytics_url => 'http://127.0.0.1:9/a');
          CREATE TABLE accounts AS
              SELECT g AS id, 'Account ' || g AS name, (ARRAY['free', 'pro', 'enterprise'])[1 + g % 3] AS plan,
                     (g % 1000) * 12.5 AS mrr, now() - g * interval '1 minute' AS last_seen, g % 50 AS seats
-               FROM generate_series(1, {rows_n}) g;
+               FROM generate_series(1, {n}) g;
          ALTER TABLE accounts ADD PRIMARY KEY (id);
          SELECT vitally.create_sync('accounts', 'd', 'account', 'upsert',
                 'SELECT id, name, plan, mrr, last_seen, seats FROM accounts', 'id');"
     ))
     .unwrap();
     db.batch_execute("VACUUM ANALYZE accounts").unwrap();
-    let mut table = Vec::new();
     let query = "SELECT id, name, plan, mrr, last_seen, seats FROM accounts";
     let pid: i32 = scalar(&mut db, "SELECT pg_backend_pid()");
-
-    let baseline = |db: &mut Client| {
-        let (_, took) = timed(|| db.batch_execute(&format!("CREATE TEMP TABLE t AS {query}; DROP TABLE t")).unwrap());
-        took
+    let plain = |db: &mut Client| {
+        let t = Instant::now();
+        db.batch_execute(&format!("CREATE TEMP TABLE t AS {query}; DROP TABLE t")).unwrap();
+        t.elapsed()
     };
-    baseline(&mut db); // warm the cache
-    let plain = baseline(&mut db);
+    plain(&mut db); // warm the cache
+    let baseline = plain(&mut db).as_secs_f64();
 
-    let mut run = |db: &mut Client, label: &str, note: &str| {
+    let mut run = |db: &mut Client, label: &str| {
         let sampler = memory::Sampler::start(pid);
-        let (run_id, took) = timed(|| scalar::<i64>(db, "SELECT vitally.sync('accounts')"));
+        let t = Instant::now();
+        let run_id: i64 = scalar(db, "SELECT vitally.sync('accounts')");
+        let took = t.elapsed().as_secs_f64();
         let peak = sampler.stop();
         let queued: i64 = scalar(db, &format!("SELECT records_queued FROM vitally.sync_runs WHERE id = {run_id}"));
         table.push(Row {
-            what: format!("vitally.sync(), {label}"),
-            took,
-            baseline: plain,
-            note: format!("{queued} queued; {note}; backend peak private memory {:.0} MB", peak as f64 / 1048576.0),
+            what: format!("planning {n} rows: {label}"),
+            value: took,
+            baseline,
+            unit: "s",
+            note: format!("{queued} queued; backend peak private memory {:.0} MB", peak as f64 / 1048576.0),
         });
     };
-    run(&mut db, "first run (all new)", "every row queued");
+    run(&mut db, "first run (all new)");
     deliver_by_hand(&mut db, "accounts");
     db.batch_execute("UPDATE accounts SET seats = seats + 1 WHERE id % 100 = 0").unwrap();
     db.batch_execute("VACUUM ANALYZE accounts").unwrap();
-    run(&mut db, "second run (1% changed)", "");
+    run(&mut db, "second run (1% changed)");
     deliver_by_hand(&mut db, "accounts");
-    run(&mut db, "third run (nothing changed)", "");
+    run(&mut db, "third run (nothing changed)");
+    println!("planning baseline: CREATE TEMP TABLE t AS <the sync's query>, same session, warm cache: {baseline:.2}s");
+}
 
-    println!("\nvitally_sync benchmarks: {rows_n} rows, {}", machine());
-    println!("{:<44} {:>10} {:>12} {:>7}  {}", "measurement", "took", "baseline", "ratio", "notes");
-    for r in &table {
-        println!(
-            "{:<44} {:>9.2}s {:>11.2}s {:>6.2}x  {}",
-            r.what,
-            r.took.as_secs_f64(),
-            r.baseline.as_secs_f64(),
-            r.took.as_secs_f64() / r.baseline.as_secs_f64(),
-            r.note
-        );
-    }
-    println!("baseline: CREATE TEMP TABLE t AS <the sync's query>, same session, warm cache");
+/// Records per second delivered to the emulator at 20 ms a request, with several
+/// settings side by side; then the worker's memory while it drains a large queue.
+fn delivery(n: i64, drain: i64, table: &mut Vec<Row>) {
+    let cluster = Cluster::start("bench-deliver", &["shared_preload_libraries = 'vitally_sync'", "vitally.database = 'bench'"]);
+    cluster.admin("postgres").batch_execute("CREATE DATABASE bench").unwrap();
+    let mut db = cluster.admin("bench");
+    db.batch_execute("SET client_min_messages = error; CREATE EXTENSION vitally_sync").unwrap();
+    eventually("the worker", Duration::from_secs(30), || cluster.log().contains("extension found in database \"bench\"").then_some(()));
+    let vitally = Emulator::spawn(
+        "127.0.0.1:0",
+        Config { record_received: false, faults: Faults { latency_ms: 20, ..Faults::default() }, ..Config::default() },
+    )
+    .unwrap();
+    db.execute(
+        "SELECT vitally.create_destination('d', analytics_api_key => 'test-analytics-key', analytics_url => $1)",
+        &[&vitally.analytics_url()],
+    )
+    .unwrap();
+    let mut reloads = 0;
+    let mut configure = |db: &mut Client, batch: i32, concurrency: i32| {
+        db.batch_execute(&format!("ALTER SYSTEM SET vitally.batch_size = {batch}")).unwrap();
+        db.batch_execute(&format!("ALTER SYSTEM SET vitally.max_concurrency = {concurrency}")).unwrap();
+        db.batch_execute("SELECT pg_reload_conf()").unwrap();
+        reloads += 1;
+        eventually("the reload", Duration::from_secs(30), || (cluster.log().matches("settings reloaded").count() >= reloads).then_some(()));
+    };
+    let measure = |db: &mut Client, name: &str, rows: i64| -> (f64, u64) {
+        db.batch_execute(&format!(
+            "CREATE TABLE {name} AS SELECT '{name}_' || g AS id, 'Account ' || g AS name, g % 50 AS seats FROM generate_series(1, {rows}) g;
+             SELECT vitally.create_sync('{name}', 'd', 'account', 'upsert', 'SELECT * FROM {name}', 'id');"
+        ))
+        .unwrap();
+        let worker: i32 = scalar(db, "SELECT pid FROM pg_stat_activity WHERE backend_type = 'vitally_sync worker'");
+        let sampler = memory::Sampler::start(worker);
+        let run: i64 = scalar(db, &format!("SELECT vitally.sync('{name}')"));
+        let status: String = scalar(db, &format!("SELECT vitally.wait({run}, timeout => '1 hour')"));
+        let peak = sampler.stop();
+        assert_eq!(status, "succeeded");
+        // From the commit that queued the records (planning done) to the last outcome.
+        let took: f64 = scalar(db, &format!("SELECT EXTRACT(epoch FROM finished_at - planned_at)::float8 FROM vitally.sync_runs WHERE id = {run}"));
+        (rows as f64 / took, peak)
+    };
+
+    configure(&mut db, 100, 4);
+    let (batch100, _) = measure(&mut db, "b100", n);
+    configure(&mut db, 1, 4);
+    let (batch1, _) = measure(&mut db, "b1", (n / 20).max(200));
+    configure(&mut db, 100, 1);
+    let (conc1, _) = measure(&mut db, "c1", n);
+    table.push(Row {
+        what: "delivery at 20 ms a request: batch 100 vs batch 1".into(),
+        value: batch100,
+        baseline: batch1,
+        unit: "/s",
+        note: "records per second from queued to all delivered; max_concurrency 4".into(),
+    });
+    table.push(Row {
+        what: "delivery at 20 ms: max_concurrency 4 vs 1".into(),
+        value: batch100,
+        baseline: conc1,
+        unit: "/s",
+        note: "records per second; batch_size 100; target at least 10,000/s".into(),
+    });
+    configure(&mut db, 100, 4);
+    let (rate, peak) = measure(&mut db, "drain", drain);
+    table.push(Row {
+        what: format!("worker draining {drain} queued records"),
+        value: peak as f64 / 1048576.0,
+        baseline: memory::rss_anon_of_idle_worker(&cluster) as f64 / 1048576.0,
+        unit: "MB",
+        note: format!("worker peak private memory vs idle; {rate:.0} records/s"),
+    });
 }
 
 fn machine() -> String {
@@ -92,5 +190,5 @@ fn machine() -> String {
         .ok()
         .and_then(|m| m.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse::<u64>().unwrap_or(0)))
         .unwrap_or(0);
-    format!("{cpus} cores, {:.0} GiB, PostgreSQL 15", mem as f64 / 1048576.0)
+    format!("{cpus} cores, {:.0} GiB, PostgreSQL 15, release build", mem as f64 / 1048576.0)
 }

@@ -58,8 +58,7 @@ mod vitally {
             "UPDATE vitally.record r
                 SET payload = s.payload, payload_hash = s.hash, message_id = {message_id}, run_id = $2,
                     version = r.version + 1, attempts = 0,
-                    -- One in flight is finished first: two versions never race to Vitally.
-                    next_attempt_at = CASE WHEN r.lease_until > pg_catalog.now() THEN r.next_attempt_at ELSE pg_catalog.now() END,
+                    next_attempt_at = pg_catalog.now(),
                     queued_at = pg_catalog.now(), http_status = NULL, error = NULL
                FROM {RECORDS} s
               WHERE r.sync_id = $1 AND r.status = 'pending' AND r.sync_key = s.sync_key

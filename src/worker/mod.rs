@@ -28,6 +28,9 @@ const IDLE_WAKE: Duration = Duration::from_secs(5);
 const MAX_SLEEP: Duration = Duration::from_secs(2);
 /// How often the worker looks for finished jobs and new work while jobs are in flight.
 const BUSY_TICK: Duration = Duration::from_millis(20);
+/// Jobs in flight per destination API: a second one is claimed and ready while the
+/// first is sent, so database work and HTTP overlap.
+const JOBS_PER_API: usize = 2;
 /// How long in-flight jobs may finish after SIGTERM before their records are released.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
@@ -136,7 +139,8 @@ pub extern "C-unwind" fn vitally_sync_worker_main(_arg: pg_sys::Datum) {
     let mut settings = Settings::read();
     let mut client = Arc::new(VitallyClient::new(settings.client.clone()));
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<queue::Finished>();
-    let mut in_flight: HashMap<queue::JobKey, Vec<queue::Claimed>> = HashMap::new();
+    let mut in_flight: HashMap<u64, (queue::JobKey, Vec<queue::Claimed>)> = HashMap::new();
+    let mut next_job: u64 = 0;
     let mut finished: Vec<queue::Finished> = Vec::new();
     let mut installed = false;
 
@@ -178,21 +182,27 @@ pub extern "C-unwind" fn vitally_sync_worker_main(_arg: pg_sys::Datum) {
         }
         if !finished.is_empty() {
             for f in &finished {
-                in_flight.remove(&f.key);
+                in_flight.remove(&f.job);
             }
             queue::record_outcomes(std::mem::take(&mut finished), &settings.retry);
         }
 
-        let busy: Vec<queue::JobKey> = in_flight.keys().cloned().collect();
+        let mut per_key: HashMap<&queue::JobKey, usize> = HashMap::new();
+        for (key, _) in in_flight.values() {
+            *per_key.entry(key).or_default() += 1;
+        }
+        let busy: Vec<queue::JobKey> = per_key.into_iter().filter(|(_, n)| *n >= JOBS_PER_API).map(|(k, _)| k.clone()).collect();
         for job in queue::claim(&busy, &settings) {
-            in_flight.insert(job.key.clone(), job.records.clone());
+            next_job += 1;
+            let id = next_job;
+            in_flight.insert(id, (job.key.clone(), job.records.clone()));
             let (client, tx) = (client.clone(), done_tx.clone());
             runtime.spawn(async move {
                 let outcomes = match &job.endpoint {
                     Ok(endpoint) => deliver(&client, endpoint, job.records.iter().map(|c| c.record.clone()).collect()).await,
                     Err(reason) => job.records.iter().map(|c| (c.record.id, reason.clone())).collect(),
                 };
-                let _ = tx.send(queue::Finished { key: job.key, records: job.records, outcomes });
+                let _ = tx.send(queue::Finished { job: id, records: job.records, outcomes });
             });
         }
 
@@ -217,14 +227,14 @@ pub extern "C-unwind" fn vitally_sync_worker_main(_arg: pg_sys::Datum) {
         while !in_flight.is_empty() {
             match runtime.block_on(async { tokio::time::timeout_at(deadline, done_rx.recv()).await }) {
                 Ok(Some(f)) => {
-                    in_flight.remove(&f.key);
+                    in_flight.remove(&f.job);
                     finished.push(f);
                 }
                 _ => break,
             }
         }
         queue::record_outcomes(std::mem::take(&mut finished), &settings.retry);
-        let unfinished: Vec<i64> = in_flight.values().flatten().map(|c| c.record.id).collect();
+        let unfinished: Vec<i64> = in_flight.values().flat_map(|(_, records)| records.iter().map(|c| c.record.id)).collect();
         queue::release(&unfinished);
     }
     WORKER_PID.get().store(0, Ordering::Relaxed);

@@ -11,8 +11,9 @@ use vitally_client::delivery::{Mode, QueuedRecord};
 use vitally_client::destination::{base_url, Api, Region};
 use vitally_client::{Endpoint, Next, ObjectKind, Outcome, RetryPolicy};
 
-/// How long a claim holds records. Only this worker claims, and it releases every
-/// lease when it starts, so the lease only has to outlast the longest job.
+/// How long a claim holds records (`lease_until`; a leased record is not due). Only
+/// this worker claims, and it releases every lease when it starts, so the lease only
+/// has to outlast the longest job.
 const LEASE: &str = "10 minutes";
 
 /// One destination API: the unit that has at most one job in flight.
@@ -39,7 +40,8 @@ pub struct Job {
 }
 
 pub struct Finished {
-    pub key: JobKey,
+    /// The worker's number for the job.
+    pub job: u64,
     pub records: Vec<Claimed>,
     pub outcomes: Vec<(i64, Outcome)>,
 }
@@ -81,7 +83,8 @@ pub fn claim(busy: &[JobKey], settings: &Settings) -> Vec<Job> {
                 .select(
                     "SELECT s.id, s.destination_id, s.object, s.behavior FROM vitally.sync s
                       WHERE EXISTS (SELECT FROM vitally.record r
-                                     WHERE r.sync_id = s.id AND r.status = 'pending' AND r.next_attempt_at <= pg_catalog.now())",
+                                     WHERE r.sync_id = s.id AND r.status = 'pending' AND r.next_attempt_at <= pg_catalog.now()
+                                       AND (r.lease_until IS NULL OR r.lease_until < pg_catalog.now()))",
                     None,
                     &[],
                 )
@@ -98,52 +101,60 @@ pub fn claim(busy: &[JobKey], settings: &Settings) -> Vec<Job> {
             }
             let mut jobs = Vec::new();
             for (key, syncs) in groups {
-                let ids: Vec<i64> = syncs.iter().map(|s| s.0).collect();
-                let claimed = client
-                    .update(
-                        &format!(
-                            "WITH due AS (
-                                 SELECT r.id FROM vitally.record r
-                                  WHERE r.sync_id = ANY($1) AND r.status = 'pending' AND r.next_attempt_at <= pg_catalog.now()
-                                  ORDER BY r.next_attempt_at, r.id LIMIT $2
-                                  FOR UPDATE SKIP LOCKED)
-                             UPDATE vitally.record r
-                                SET lease_until = pg_catalog.now() + interval '{LEASE}',
-                                    next_attempt_at = pg_catalog.now() + interval '{LEASE}'
-                               FROM due WHERE r.id = due.id
-                             RETURNING r.id, r.version, r.sync_id, r.sync_key, r.payload, r.payload_hash, r.message_id::text,
-                                       r.attempts, pg_catalog.to_char(r.queued_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
-                        ),
-                        None,
-                        &[ids.into(), settings.job_size(key.rest).into()],
-                    )
-                    .unwrap_or_else(|e| internal(e));
-                let mut records = Vec::new();
-                for row in claimed {
-                    let sync_id: i64 = row.get(3).ok().flatten().unwrap_or_default();
-                    let (_, object, behavior) = syncs.iter().find(|s| s.0 == sync_id).cloned().unwrap_or_default();
-                    let Some(kind) = ObjectKind::parse(&object) else { continue };
-                    records.push(Claimed {
-                        record: QueuedRecord {
-                            id: row.get(1).ok().flatten().unwrap_or_default(),
-                            kind,
-                            mode: mode(&object, &behavior),
-                            sync_key: row.get(4).ok().flatten().unwrap_or_default(),
-                            payload: row.get::<JsonB>(5).ok().flatten().map(|j| j.0).unwrap_or_default(),
-                            message_id: row.get(7).ok().flatten().unwrap_or_default(),
-                            queued_at: row.get(9).ok().flatten().unwrap_or_default(),
-                        },
-                        version: row.get(2).ok().flatten().unwrap_or(1),
-                        hash: row.get(6).ok().flatten(),
-                        attempts: row.get(8).ok().flatten().unwrap_or(0),
-                    });
+                // Claimed sync by sync, each in the order of its index (sync_id, next_attempt_at),
+                // so that a claim reads only the rows it takes, however long the queue.
+                let per_sync = (settings.job_size(key.rest) / syncs.len() as i64).max(settings.client.batch_size as i64);
+                let mut claimed_rows = Vec::new();
+                for (sync_id, _, _) in &syncs {
+                    let claimed = client
+                        .update(
+                            &format!(
+                                "WITH due AS (
+                                     SELECT r.id FROM vitally.record r
+                                      WHERE r.sync_id = $1 AND r.status = 'pending' AND r.next_attempt_at <= pg_catalog.now()
+                                        AND (r.lease_until IS NULL OR r.lease_until < pg_catalog.now())
+                                      ORDER BY r.next_attempt_at LIMIT $2
+                                      FOR UPDATE SKIP LOCKED)
+                                 -- Only the lease changes (no indexed column), so the update can stay HOT.
+                                 UPDATE vitally.record r SET lease_until = pg_catalog.now() + interval '{LEASE}'
+                                   FROM due WHERE r.id = due.id
+                                 RETURNING r.id, r.version, r.sync_id, r.sync_key, r.payload, r.payload_hash, r.message_id::text,
+                                           r.attempts, pg_catalog.to_char(r.queued_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
+                            ),
+                            None,
+                            &[(*sync_id).into(), per_sync.into()],
+                        )
+                        .unwrap_or_else(|e| internal(e));
+                    claimed_rows.extend(claimed.map(|row| claimed_record(&row, &syncs)));
                 }
+                let records: Vec<Claimed> = claimed_rows.into_iter().flatten().collect();
                 if !records.is_empty() {
                     jobs.push(Job { endpoint: endpoint(client, &key), key, records });
                 }
             }
             jobs
         })
+    })
+}
+
+/// A claimed row as the job needs it (None for a sync whose object is unknown).
+fn claimed_record(row: &pgrx::spi::SpiHeapTupleData<'_>, syncs: &[(i64, String, String)]) -> Option<Claimed> {
+    let sync_id: i64 = row.get(3).ok().flatten().unwrap_or_default();
+    let (_, object, behavior) = syncs.iter().find(|s| s.0 == sync_id).cloned().unwrap_or_default();
+    let kind = ObjectKind::parse(&object)?;
+    Some(Claimed {
+        record: QueuedRecord {
+            id: row.get(1).ok().flatten().unwrap_or_default(),
+            kind,
+            mode: mode(&object, &behavior),
+            sync_key: row.get(4).ok().flatten().unwrap_or_default(),
+            payload: row.get::<JsonB>(5).ok().flatten().map(|j| j.0).unwrap_or_default(),
+            message_id: row.get(7).ok().flatten().unwrap_or_default(),
+            queued_at: row.get(9).ok().flatten().unwrap_or_default(),
+        },
+        version: row.get(2).ok().flatten().unwrap_or(1),
+        hash: row.get(6).ok().flatten(),
+        attempts: row.get(8).ok().flatten().unwrap_or(0),
     })
 }
 
@@ -230,7 +241,9 @@ pub fn record_outcomes(finished: Vec<Finished>, retry: &RetryPolicy) {
                          UPDATE vitally.record r
                             SET status = o.status,
                                 attempts = r.attempts + o.inc,
-                                next_attempt_at = pg_catalog.now() + pg_catalog.make_interval(secs => o.delay),
+                                next_attempt_at = CASE WHEN o.status = 'pending'
+                                                       THEN pg_catalog.now() + pg_catalog.make_interval(secs => o.delay)
+                                                       ELSE r.next_attempt_at END,
                                 lease_until = NULL,
                                 http_status = o.http,
                                 error = o.error,
@@ -329,6 +342,7 @@ pub fn next_due() -> Option<Duration> {
                FROM vitally.sync s,
                     LATERAL (SELECT r.next_attempt_at AS at FROM vitally.record r
                               WHERE r.sync_id = s.id AND r.status = 'pending'
+                                AND (r.lease_until IS NULL OR r.lease_until < pg_catalog.now())
                               ORDER BY r.next_attempt_at LIMIT 1) x",
         )
         .ok()
