@@ -108,3 +108,34 @@ pub fn delete_syncs(client: &mut SpiClient<'_>, filter: &str, id: i64) {
         )
         .unwrap_or_else(|e| internal(e));
 }
+
+/// A destination's endpoints, each with its key (None where no key is set). Keys
+/// are read here only, as the extension's owner or in the worker, and never shown.
+pub struct Endpoints {
+    pub name: String,
+    pub analytics: Option<vitally_client::Endpoint>,
+    pub rest: Option<vitally_client::Endpoint>,
+}
+
+pub fn endpoints(client: &SpiClient<'_>, destination_id: i64) -> Endpoints {
+    use vitally_client::destination::{base_url, Api, Region};
+    use vitally_client::Endpoint;
+    let row = client
+        .select(
+            "SELECT d.region, d.subdomain, d.analytics_url, d.rest_url, d.name, s.analytics_api_key, s.rest_api_key
+               FROM vitally.destination d LEFT JOIN vitally.destination_secret s ON s.destination_id = d.id
+              WHERE d.id = $1",
+            Some(1),
+            &[destination_id.into()],
+        )
+        .unwrap_or_else(|e| internal(e))
+        .first();
+    let text = |i: usize| row.get::<String>(i).ok().flatten();
+    let region = Region::parse(&text(1).unwrap_or_default()).unwrap_or(Region::Us);
+    let sub = text(2);
+    Endpoints {
+        name: text(5).unwrap_or_default(),
+        analytics: text(6).map(|key| Endpoint::analytics(&base_url(Api::Analytics, region, sub.as_deref(), text(3).as_deref()), &key)),
+        rest: text(7).map(|token| Endpoint::rest(&base_url(Api::Rest, region, sub.as_deref(), text(4).as_deref()), &token)),
+    }
+}

@@ -10,7 +10,7 @@ mod vitally {
     use pgrx::datum::Interval;
     use pgrx::prelude::*;
     use std::time::{Duration, Instant};
-    use vitally_client::destination::{base_url, Api, Region};
+    use vitally_client::destination::Api;
     use vitally_client::{ClientConfig, Endpoint, Outcome, VitallyClient};
 
     /// Blocks until run `run_id` is finished (or `timeout` passes) and returns its
@@ -128,26 +128,10 @@ mod vitally {
         let endpoints: Vec<(Api, Endpoint)> = as_extension_owner(|| {
             Spi::connect(|client| {
                 let dest = owned_destination(client, name, me, false);
-                let row = client
-                    .select(
-                        "SELECT d.region, d.subdomain, d.analytics_url, d.rest_url, s.analytics_api_key, s.rest_api_key
-                           FROM vitally.destination d LEFT JOIN vitally.destination_secret s ON s.destination_id = d.id
-                          WHERE d.id = $1",
-                        Some(1),
-                        &[dest.id.into()],
-                    )
-                    .unwrap_or_else(|e| internal(e))
-                    .first();
-                let text = |i: usize| row.get::<String>(i).ok().flatten();
-                let region = Region::parse(&text(1).unwrap_or_default()).unwrap_or(Region::Us);
-                let sub = text(2);
+                let found = crate::catalog::endpoints(client, dest.id);
                 let mut list = Vec::new();
-                if let Some(key) = text(5) {
-                    list.push((Api::Analytics, Endpoint::analytics(&base_url(Api::Analytics, region, sub.as_deref(), text(3).as_deref()), &key)));
-                }
-                if let Some(token) = text(6) {
-                    list.push((Api::Rest, Endpoint::rest(&base_url(Api::Rest, region, sub.as_deref(), text(4).as_deref()), &token)));
-                }
+                list.extend(found.analytics.map(|e| (Api::Analytics, e)));
+                list.extend(found.rest.map(|e| (Api::Rest, e)));
                 list
             })
         });

@@ -108,7 +108,7 @@ impl Settings {
         if rest {
             (self.client.rest_requests_per_minute as i64 / 6).max(10)
         } else {
-            (self.client.batch_size * self.client.max_concurrency * 4) as i64
+            (self.client.batch_size * self.client.max_concurrency * 8) as i64
         }
     }
 }

@@ -8,7 +8,6 @@ use pgrx::JsonB;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use vitally_client::delivery::{Mode, QueuedRecord};
-use vitally_client::destination::{base_url, Api, Region};
 use vitally_client::{Endpoint, Next, ObjectKind, Outcome, RetryPolicy};
 
 /// How long a claim holds records (`lease_until`; a leased record is not due). Only
@@ -158,33 +157,18 @@ fn claimed_record(row: &pgrx::spi::SpiHeapTupleData<'_>, syncs: &[(i64, String, 
     })
 }
 
-/// The endpoint of a destination API, with its key (read here, in the worker, and
-/// never logged), or the failure every record gets when the key is gone.
+/// The endpoint of a destination API, or the failure every record gets when its key is gone.
 fn endpoint(client: &pgrx::spi::SpiClient<'_>, key: &JobKey) -> Result<Endpoint, Outcome> {
-    let row = client
-        .select(
-            "SELECT d.region, d.subdomain, d.analytics_url, d.rest_url, d.name, s.analytics_api_key, s.rest_api_key
-               FROM vitally.destination d LEFT JOIN vitally.destination_secret s ON s.destination_id = d.id
-              WHERE d.id = $1",
-            Some(1),
-            &[key.destination_id.into()],
-        )
-        .unwrap_or_else(|e| internal(e))
-        .first();
-    let text = |i: usize| row.get::<String>(i).ok().flatten();
-    let region = Region::parse(&text(1).unwrap_or_else(|| "us".into())).unwrap_or(Region::Us);
-    let subdomain = text(2);
-    let name = text(5).unwrap_or_default();
+    let found = crate::catalog::endpoints(client, key.destination_id);
+    let name = &found.name;
     let missing = |which: &str, arg: &str| Outcome::Rejected {
         status: 0,
         error: format!("destination \"{name}\" has no {which} key: set it with vitally.alter_destination('{name}', {arg} => '...') and call vitally.retry_failed()"),
     };
     if key.rest {
-        let token = text(7).ok_or_else(|| missing("REST API", "rest_api_key"))?;
-        Ok(Endpoint::rest(&base_url(Api::Rest, region, subdomain.as_deref(), text(4).as_deref()), &token))
+        found.rest.ok_or_else(|| missing("REST API", "rest_api_key"))
     } else {
-        let k = text(6).ok_or_else(|| missing("Analytics API", "analytics_api_key"))?;
-        Ok(Endpoint::analytics(&base_url(Api::Analytics, region, subdomain.as_deref(), text(3).as_deref()), &k))
+        found.analytics.ok_or_else(|| missing("Analytics API", "analytics_api_key"))
     }
 }
 
