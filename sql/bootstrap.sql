@@ -116,6 +116,7 @@ CREATE TABLE vitally.delivery_state (
     sync_id      bigint NOT NULL,
     sync_key     text NOT NULL,
     payload_hash bigint NOT NULL,
+    account_ids  jsonb,            -- users: the accounts delivered, for unlink_removed_accounts
     delivered_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
     PRIMARY KEY (sync_id, sync_key)
 );

@@ -42,6 +42,11 @@ pub fn prepare(
     let needed = check_pair(object, behavior).or_raise();
     require_key(sync_name, destination, needed);
     let options = Options::parse(Some(options)).or_raise();
+    if options.unlink_removed_accounts && object != Object::User {
+        UserError::new(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "option unlink_removed_accounts applies to user syncs only")
+            .hint("Remove it from the options of this sync.")
+            .raise();
+    }
     let columns = describe(sync_name, query, run_as);
     let plan = plan(object, sync_key, &columns, mappings).or_raise();
     Prepared { object, behavior, options, plan }

@@ -52,22 +52,32 @@ mod vitally {
             Behavior::Append => "pg_catalog.md5($1::text || ':' || s.sync_key)::uuid",
             _ => "pg_catalog.gen_random_uuid()",
         };
+        // With unlink_removed_accounts, a user's record also names the accounts it was
+        // delivered with and has left: the worker sends an unlink for each.
+        let payload = if prepared.options.unlink_removed_accounts {
+            "s.payload || coalesce((SELECT pg_catalog.jsonb_build_object('unlinkAccountIds', pg_catalog.jsonb_agg(a))
+                                      FROM pg_catalog.jsonb_array_elements_text(d.account_ids) a
+                                     WHERE NOT EXISTS (SELECT FROM pg_catalog.jsonb_array_elements_text(s.payload->'accountIds') c WHERE c = a)
+                                    HAVING pg_catalog.count(*) > 0), '{}')"
+        } else {
+            "s.payload"
+        };
         // A newer change replaces the pending one (a new version, so the worker can
         // tell); an event already pending stays as it is.
         let replace = format!(
             "UPDATE vitally.record r
-                SET payload = s.payload, payload_hash = s.hash, message_id = {message_id}, run_id = $2,
+                SET payload = {payload}, payload_hash = s.hash, message_id = {message_id}, run_id = $2,
                     version = r.version + 1, attempts = 0,
                     next_attempt_at = pg_catalog.now(),
                     queued_at = pg_catalog.now(), http_status = NULL, error = NULL
-               FROM {RECORDS} s
+               FROM {RECORDS} s LEFT JOIN vitally.delivery_state d ON d.sync_id = $1 AND d.sync_key = s.sync_key
               WHERE r.sync_id = $1 AND r.status = 'pending' AND r.sync_key = s.sync_key
                 AND s.error IS NULL AND r.payload_hash IS DISTINCT FROM s.hash AND $3"
         );
         let insert = format!(
             "INSERT INTO vitally.record (sync_id, run_id, sync_key, status, payload, payload_hash, message_id)
-             SELECT $1, $2, s.sync_key, 'pending', s.payload, s.hash, {message_id}
-               FROM {RECORDS} s
+             SELECT $1, $2, s.sync_key, 'pending', {payload}, s.hash, {message_id}
+               FROM {RECORDS} s LEFT JOIN vitally.delivery_state d ON d.sync_id = $1 AND d.sync_key = s.sync_key
               WHERE s.error IS NULL
                 AND NOT EXISTS (SELECT FROM vitally.record p WHERE p.sync_id = $1 AND p.sync_key = s.sync_key AND p.status = 'pending')"
         );

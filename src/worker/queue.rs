@@ -234,12 +234,14 @@ pub fn record_outcomes(finished: Vec<Finished>, retry: &RetryPolicy) {
                                 delivered_at = CASE WHEN o.status = 'delivered' THEN pg_catalog.now() END
                            FROM o
                           WHERE r.id = o.id AND r.version = o.version AND r.status = 'pending'
-                         RETURNING r.id, r.sync_id, r.sync_key, r.payload_hash, r.run_id, o.status),
+                         RETURNING r.id, r.sync_id, r.sync_key, r.payload_hash, r.run_id, o.status,
+                                   CASE WHEN pg_catalog.jsonb_typeof(r.payload->'accountIds') = 'array' THEN r.payload->'accountIds' END AS account_ids),
                      state AS (
-                         INSERT INTO vitally.delivery_state (sync_id, sync_key, payload_hash, delivered_at)
-                         SELECT sync_id, sync_key, payload_hash, pg_catalog.now() FROM upd WHERE status = 'delivered'
+                         INSERT INTO vitally.delivery_state (sync_id, sync_key, payload_hash, account_ids, delivered_at)
+                         SELECT sync_id, sync_key, payload_hash, account_ids, pg_catalog.now() FROM upd WHERE status = 'delivered'
                          ON CONFLICT (sync_id, sync_key) DO UPDATE
-                            SET payload_hash = EXCLUDED.payload_hash, delivered_at = EXCLUDED.delivered_at),
+                            SET payload_hash = EXCLUDED.payload_hash, account_ids = EXCLUDED.account_ids,
+                                delivered_at = EXCLUDED.delivered_at),
                      counts AS (
                          UPDATE vitally.sync_run sr
                             SET records_delivered = sr.records_delivered + c.delivered,

@@ -150,6 +150,12 @@ pub fn analytics_messages(kind: ObjectKind, record: &Value, message_id: &str, ti
             for account in &accounts {
                 messages.push(base(Some(account)));
             }
+            // Accounts the user left since the last delivery (unlink_removed_accounts).
+            if let Some(Value::Array(gone)) = r.get("unlinkAccountIds") {
+                for account in gone.iter().filter_map(Value::as_str) {
+                    messages.push(json!({"type": "unlink", "userId": user, "accountId": account, "unlinkOf": account}));
+                }
+            }
         }
         ObjectKind::Event => {
             let mut m = json!({"type": "track", "event": required(r, "event")?, "properties": traits(r, "properties")});
@@ -171,8 +177,10 @@ pub fn analytics_messages(kind: ObjectKind, record: &Value, message_id: &str, ti
     let event_time = (kind == ObjectKind::Event).then(|| r.get("timestamp").and_then(Value::as_str)).flatten();
     let several = messages.len() > 1;
     for m in &mut messages {
-        let mid = match (several, m.get("accountId").and_then(Value::as_str)) {
-            (true, Some(account)) => derived_message_id(message_id, account),
+        let unlink = m.as_object_mut().and_then(|o| o.remove("unlinkOf"));
+        let mid = match (several, m.get("accountId").and_then(Value::as_str), unlink) {
+            (_, Some(account), Some(_)) => derived_message_id(message_id, &format!("unlink/{account}")),
+            (true, Some(account), None) => derived_message_id(message_id, account),
             _ => message_id.to_string(),
         };
         m["messageId"] = Value::String(mid);
@@ -231,6 +239,17 @@ mod tests {
         assert_ne!(m[0]["messageId"], m[1]["messageId"]);
         let again = analytics_messages(ObjectKind::User, &record, "mid", T).unwrap();
         assert_eq!(m[0]["messageId"], again[0]["messageId"], "a retry sends the same ids");
+    }
+
+    #[test]
+    fn accounts_a_user_left_become_unlink_messages() {
+        let record = json!({"userId": "u", "accountIds": ["b"], "unlinkAccountIds": ["a"]});
+        let m = analytics_messages(ObjectKind::User, &record, "mid", T).unwrap();
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[1]["type"], "unlink");
+        assert_eq!(m[1]["accountId"], "a");
+        assert_ne!(m[1]["messageId"], m[0]["messageId"]);
+        assert!(m[1].get("unlinkOf").is_none());
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod s05_planning;
 mod s06_sync_security;
 mod s07_delivery;
 mod s08_durability;
+mod s09_rest_and_users;
 
 /// Every scenario, as test trials named `<file>::<test>`.
 pub fn all() -> Vec<Trial> {
@@ -22,6 +23,7 @@ pub fn all() -> Vec<Trial> {
     trials.extend(s06_sync_security::trials());
     trials.extend(s07_delivery::trials());
     trials.extend(s08_durability::trials());
+    trials.extend(s09_rest_and_users::trials());
     trials
 }
 

@@ -1,0 +1,81 @@
+//! Update only, NPS responses, and users in several accounts, against the emulator.
+
+use crate::{cluster, APP_DB};
+use serde_json::json;
+use vitally_e2e::{emulator, emulator_destination, scalar, sql_error, sync_and_wait, Faults};
+
+crate::trials!("09_rest_and_users":
+    update_only_on_500_accounts_of_which_100_are_missing,
+    nps_responses_are_created_then_updated,
+    a_user_moved_from_one_account_to_another,
+);
+
+fn update_only_on_500_accounts_of_which_100_are_missing() {
+    let vitally = emulator(Faults::default());
+    for i in 1..=400 {
+        vitally.seed("accounts", &format!("uo_{i}"), json!({"plan": "free", "region": "eu"}));
+    }
+    let mut db = cluster().admin(APP_DB);
+    emulator_destination(&mut db, "uo", &vitally);
+    db.batch_execute(
+        "CREATE TABLE uo AS SELECT 'uo_' || g AS id, 'pro' AS plan, NULL::text AS region FROM generate_series(1, 500) g;
+         SELECT vitally.create_sync('uo', 'uo', 'account', 'update_only', 'SELECT * FROM uo', 'id');",
+    )
+    .unwrap();
+    assert_eq!(sync_and_wait(&mut db, "uo", 120), "succeeded");
+    let row = db.query_one("SELECT records_delivered, records_skipped, records_failed FROM vitally.sync_runs WHERE sync_name = 'uo'", &[]).unwrap();
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1), row.get::<_, i64>(2)), (400, 100, 0));
+    assert_eq!(vitally.count("accounts"), 400, "none created");
+    let traits = vitally.object("accounts", "uo_9").unwrap().traits;
+    assert_eq!(serde_json::Value::Object(traits), json!({"plan": "pro"}), "merged, and a trait sent as null is deleted");
+    assert_eq!(vitally.counters().rate_limited, 0);
+}
+
+fn nps_responses_are_created_then_updated() {
+    let vitally = emulator(Faults::default());
+    vitally.seed("users", "nps_u1", json!({}));
+    let mut db = cluster().admin(APP_DB);
+    emulator_destination(&mut db, "nps", &vitally);
+    db.batch_execute(
+        "CREATE TABLE nps AS SELECT * FROM (VALUES ('r1', 'nps_u1', 6, 'meh'), ('r2', 'nps_nobody', 9, NULL)) v(id, user_id, score, feedback);
+         SELECT vitally.create_sync('nps', 'nps', 'nps_response', 'upsert', 'SELECT * FROM nps', 'id');",
+    )
+    .unwrap();
+    assert_eq!(sync_and_wait(&mut db, "nps", 60), "succeeded");
+    let reason: String = scalar(&mut db, "SELECT error FROM vitally.records WHERE sync_name = 'nps' AND status = 'skipped'");
+    assert_eq!(reason, "no user with id \"nps_nobody\" in Vitally: the response is not sent");
+    db.batch_execute("UPDATE nps SET score = 10 WHERE id = 'r1'").unwrap();
+    assert_eq!(sync_and_wait(&mut db, "nps", 60), "succeeded");
+    assert_eq!(vitally.count("npsResponses"), 1, "updated by externalId, not created again");
+    let sent: Vec<i64> = vitally
+        .received()
+        .iter()
+        .filter(|r| r.kind == "POST npsResponses")
+        .map(|r| r.body["score"].as_i64().unwrap())
+        .collect();
+    assert_eq!(sent, vec![6, 10]);
+}
+
+fn a_user_moved_from_one_account_to_another() {
+    let vitally = emulator(Faults::default());
+    let mut db = cluster().admin(APP_DB);
+    emulator_destination(&mut db, "mv", &vitally);
+    db.batch_execute(
+        "CREATE TABLE mv (id text, account_ids text[]); INSERT INTO mv VALUES ('keep_u', '{mv_a}'), ('move_u', '{mv_a}');
+         SELECT vitally.create_sync('mv_plain', 'mv', 'user', 'upsert', 'SELECT * FROM mv WHERE id = ''keep_u''', 'id');
+         SELECT vitally.create_sync('mv_unlink', 'mv', 'user', 'upsert', 'SELECT * FROM mv WHERE id = ''move_u''', 'id',
+                options => '{\"unlink_removed_accounts\": true}');",
+    )
+    .unwrap();
+    assert_eq!(sync_and_wait(&mut db, "mv_plain", 60), "succeeded");
+    assert_eq!(sync_and_wait(&mut db, "mv_unlink", 60), "succeeded");
+    db.batch_execute("UPDATE mv SET account_ids = '{mv_b}'").unwrap();
+    assert_eq!(sync_and_wait(&mut db, "mv_plain", 60), "succeeded");
+    assert_eq!(sync_and_wait(&mut db, "mv_unlink", 60), "succeeded");
+    assert_eq!(vitally.object("users", "keep_u").unwrap().account_ids, vec!["mv_a", "mv_b"], "without the option, Vitally keeps the old account");
+    assert_eq!(vitally.object("users", "move_u").unwrap().account_ids, vec!["mv_b"], "with it, the old account is unlinked");
+    let err = sql_error(db.batch_execute(
+        "SELECT vitally.create_sync('mv_bad', 'mv', 'account', 'upsert', 'SELECT 1 AS id', 'id', options => '{\"unlink_removed_accounts\": true}')",
+    ));
+    assert_eq!(err.message, "option unlink_removed_accounts applies to user syncs only");
+}
