@@ -35,6 +35,9 @@ fn main() {
     if only.is_empty() || only == "delivery" {
         delivery(delivery_n, rows_n, &mut table);
     }
+    if only.is_empty() || only == "rest" {
+        rest(env("BENCH_REST", 3_000), &mut table);
+    }
 
     println!("\nvitally_sync benchmarks, {}", machine());
     println!("{:<52} {:>12} {:>12} {:>8}  {}", "measurement", "value", "baseline", "ratio", "notes");
@@ -181,6 +184,43 @@ fn delivery(n: i64, drain: i64, table: &mut Vec<Row>) {
         baseline: memory::rss_anon_of_idle_worker(&cluster) as f64 / 1048576.0,
         unit: "MB",
         note: format!("worker peak private memory vs idle; {rate:.0} records/s"),
+    });
+}
+
+/// Update only under Vitally's REST limit, as the emulator enforces it (100 requests
+/// per 10 s here): the share of the limit the worker uses, and how many 429s it got.
+fn rest(n: i64, table: &mut Vec<Row>) {
+    let cluster = Cluster::start("bench-rest", &["shared_preload_libraries = 'vitally_sync'", "vitally.database = 'bench'"]);
+    cluster.admin("postgres").batch_execute("CREATE DATABASE bench").unwrap();
+    let mut db = cluster.admin("bench");
+    db.batch_execute("SET client_min_messages = error; CREATE EXTENSION vitally_sync").unwrap();
+    let (limit, window) = (100u32, Duration::from_secs(10));
+    let vitally =
+        Emulator::spawn("127.0.0.1:0", Config { rest_limit: limit, rest_window: window, record_received: false, ..Config::default() }).unwrap();
+    for i in 1..=n {
+        vitally.seed("accounts", &format!("a{i}"), serde_json::json!({}));
+    }
+    db.execute(
+        "SELECT vitally.create_destination('d', rest_api_key => 'test-rest-token', rest_url => $1)",
+        &[&vitally.rest_url()],
+    )
+    .unwrap();
+    db.batch_execute(&format!(
+        "CREATE TABLE accounts AS SELECT 'a' || g AS id, g % 50 AS seats FROM generate_series(1, {n}) g;
+         SELECT vitally.create_sync('accounts', 'd', 'account', 'update_only', 'SELECT * FROM accounts', 'id');"
+    ))
+    .unwrap();
+    let run: i64 = scalar(&mut db, "SELECT vitally.sync('accounts')");
+    let status: String = scalar(&mut db, &format!("SELECT vitally.wait({run}, timeout => '1 hour')"));
+    let took: f64 = scalar(&mut db, &format!("SELECT EXTRACT(epoch FROM finished_at - planned_at)::float8 FROM vitally.sync_runs WHERE id = {run}"));
+    let failed: i64 = scalar(&mut db, &format!("SELECT records_failed FROM vitally.sync_runs WHERE id = {run}"));
+    let counters = vitally.counters();
+    table.push(Row {
+        what: format!("update only, {n} records, limit {limit} per {}s", window.as_secs()),
+        value: counters.rest_requests as f64 / took,
+        baseline: limit as f64 / window.as_secs_f64(),
+        unit: "/s",
+        note: format!("REST requests per second vs the limit; run {status}, {failed} failed, {} answered 429", counters.rate_limited),
     });
 }
 

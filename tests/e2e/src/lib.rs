@@ -266,3 +266,8 @@ pub fn sync_and_wait(db: &mut Client, sync: &str, seconds: u32) -> String {
     let run: i64 = scalar(db, &format!("SELECT vitally.sync('{sync}')"));
     scalar(db, &format!("SELECT vitally.wait({run}, timeout => '{seconds} seconds')"))
 }
+
+/// Starts an emulator with a configuration of its own (keys, REST limit, faults).
+pub fn emulator_with(config: EmulatorConfig) -> Emulator {
+    Emulator::spawn("127.0.0.1:0", config).expect("emulator starts")
+}

@@ -2,12 +2,14 @@
 
 use crate::{cluster, APP_DB};
 use serde_json::json;
-use vitally_e2e::{emulator, emulator_destination, scalar, sql_error, sync_and_wait, Faults};
+use std::time::Duration;
+use vitally_e2e::{emulator, emulator_destination, emulator_with, scalar, sql_error, sync_and_wait, EmulatorConfig, Faults};
 
 crate::trials!("09_rest_and_users":
     update_only_on_500_accounts_of_which_100_are_missing,
     nps_responses_are_created_then_updated,
     a_user_moved_from_one_account_to_another,
+    update_only_under_a_tight_rate_limit_fails_nothing,
 );
 
 fn update_only_on_500_accounts_of_which_100_are_missing() {
@@ -78,4 +80,25 @@ fn a_user_moved_from_one_account_to_another() {
         "SELECT vitally.create_sync('mv_bad', 'mv', 'account', 'upsert', 'SELECT 1 AS id', 'id', options => '{\"unlink_removed_accounts\": true}')",
     ));
     assert_eq!(err.message, "option unlink_removed_accounts applies to user syncs only");
+}
+
+fn update_only_under_a_tight_rate_limit_fails_nothing() {
+    // 100 REST requests per 10 s; each record takes two (a lookup and an update). The
+    // worker's own pace (900/min) is above the limit: Vitally's headers must hold it back.
+    let vitally = emulator_with(EmulatorConfig { rest_limit: 100, rest_window: Duration::from_secs(10), ..EmulatorConfig::default() });
+    for i in 1..=150 {
+        vitally.seed("accounts", &format!("rl_{i}"), json!({}));
+    }
+    let mut db = cluster().admin(APP_DB);
+    emulator_destination(&mut db, "rl", &vitally);
+    db.batch_execute(
+        "CREATE TABLE rl AS SELECT 'rl_' || g AS id, g AS seats FROM generate_series(1, 150) g;
+         SELECT vitally.create_sync('rl', 'rl', 'account', 'update_only', 'SELECT * FROM rl', 'id');",
+    )
+    .unwrap();
+    assert_eq!(sync_and_wait(&mut db, "rl", 180), "succeeded");
+    let delivered: i64 = scalar(&mut db, "SELECT records_delivered FROM vitally.sync_runs WHERE sync_name = 'rl'");
+    assert_eq!(delivered, 150);
+    let limited = vitally.counters().rate_limited;
+    assert!(limited <= 5, "a handful of 429s at most, got {limited}");
 }
