@@ -29,6 +29,18 @@ fn payloads(db: &mut Client, sync: &str) -> Vec<(String, Value)> {
     .collect()
 }
 
+/// The invalid records matching `filter`, as "sync:key: reason", sorted.
+fn invalid_records(db: &mut Client, filter: &str) -> Vec<String> {
+    db.query(
+        &format!("SELECT sync_name || ':' || sync_key || ': ' || error FROM vitally.records WHERE status = 'invalid' AND {filter} ORDER BY 1"),
+        &[],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
 fn run_figures(db: &mut Client, run: i64) -> (i64, i64, i64, i64) {
     let r = db
         .query_one("SELECT rows_read, records_queued, records_unchanged, records_invalid FROM vitally.sync_runs WHERE id = $1", &[&run])
@@ -83,14 +95,8 @@ fn users_accounts_come_from_an_array_a_json_array_or_one_id() {
     assert_eq!(lists(&mut db, "pg"), vec![json!(["a", "b"])]);
     assert_eq!(lists(&mut db, "js"), vec![json!(["a", 7]), json!(["solo"])]);
     assert_eq!(lists(&mut db, "one"), vec![json!(["42"])]);
-    let errors: Vec<String> = db
-        .query("SELECT sync_name || ':' || sync_key || ': ' || error FROM vitally.records WHERE status = 'invalid' ORDER BY 1", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
     assert_eq!(
-        errors,
+        invalid_records(&mut db, "true"),
         vec![
             "js:2: a user needs at least one account: account_ids is NULL or empty",
             "one:2: a user needs at least one account: account_ids is NULL or empty",
@@ -149,14 +155,8 @@ fn a_bad_row_is_recorded_invalid_and_never_blocks_the_others() {
     assert_eq!(status, "running", "the two valid records are still pending");
 
     db.batch_execute("SELECT vitally.sync('ev'); SELECT vitally.sync('nps')").unwrap();
-    let errors: Vec<String> = db
-        .query("SELECT sync_name || ':' || sync_key || ': ' || error FROM vitally.records WHERE status = 'invalid' AND sync_name <> 'acc' ORDER BY 1", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
     assert_eq!(
-        errors,
+        invalid_records(&mut db, "sync_name <> 'acc'"),
         vec![
             "ev:2: an event needs a name: event is NULL or empty",
             "ev:3: an event needs someone who did it: user_id and account_id are NULL or empty",
