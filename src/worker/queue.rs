@@ -193,8 +193,9 @@ pub fn record_outcomes(finished: Vec<Finished>, retry: &RetryPolicy) {
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut sent: std::collections::HashMap<i64, (bool, Option<i64>)> = std::collections::HashMap::new();
     for f in &finished {
+        let by_id: std::collections::HashMap<i64, &Claimed> = f.records.iter().map(|c| (c.record.id, c)).collect();
         for (id, outcome) in &f.outcomes {
-            let Some(claimed) = f.records.iter().find(|c| c.record.id == *id) else { continue };
+            let Some(claimed) = by_id.get(id) else { continue };
             let next = retry.next(claimed.attempts as u32 + 1, outcome.clone());
             let (status, inc, delay, http, error): (&str, i32, f64, Option<i32>, Option<String>) = match next {
                 Next::Delivered => ("delivered", 1, 0.0, Some(200), None),

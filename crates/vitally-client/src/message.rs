@@ -150,12 +150,6 @@ pub fn analytics_messages(kind: ObjectKind, record: &Value, message_id: &str, ti
             for account in &accounts {
                 messages.push(base(Some(account)));
             }
-            // Accounts the user left since the last delivery (unlink_removed_accounts).
-            if let Some(Value::Array(gone)) = r.get("unlinkAccountIds") {
-                for account in gone.iter().filter_map(Value::as_str) {
-                    messages.push(json!({"type": "unlink", "userId": user, "accountId": account, "unlinkOf": account}));
-                }
-            }
         }
         ObjectKind::Event => {
             let mut m = json!({"type": "track", "event": required(r, "event")?, "properties": traits(r, "properties")});
@@ -177,14 +171,19 @@ pub fn analytics_messages(kind: ObjectKind, record: &Value, message_id: &str, ti
     let event_time = (kind == ObjectKind::Event).then(|| r.get("timestamp").and_then(Value::as_str)).flatten();
     let several = messages.len() > 1;
     for m in &mut messages {
-        let unlink = m.as_object_mut().and_then(|o| o.remove("unlinkOf"));
-        let mid = match (several, m.get("accountId").and_then(Value::as_str), unlink) {
-            (_, Some(account), Some(_)) => derived_message_id(message_id, &format!("unlink/{account}")),
-            (true, Some(account), None) => derived_message_id(message_id, account),
+        let mid = match (several, m.get("accountId").and_then(Value::as_str)) {
+            (true, Some(account)) => derived_message_id(message_id, account),
             _ => message_id.to_string(),
         };
         m["messageId"] = Value::String(mid);
         m["timestamp"] = Value::String(event_time.unwrap_or(timestamp).to_string());
+    }
+    // Accounts a user left since the last delivery (unlink_removed_accounts).
+    if let (ObjectKind::User, Some(Value::Array(gone))) = (kind, r.get("unlinkAccountIds")) {
+        let user = required(r, "userId")?;
+        for account in gone.iter().filter_map(Value::as_str) {
+            messages.push(unlink_message(&user, account, message_id, timestamp));
+        }
     }
     Ok(messages)
 }
@@ -249,7 +248,6 @@ mod tests {
         assert_eq!(m[1]["type"], "unlink");
         assert_eq!(m[1]["accountId"], "a");
         assert_ne!(m[1]["messageId"], m[0]["messageId"]);
-        assert!(m[1].get("unlinkOf").is_none());
     }
 
     #[test]
