@@ -9,4 +9,8 @@ install_extension() {
     local sudo_flag=""
     [ "$(id -u)" -eq 0 ] || sudo_flag="--sudo"
     cargo pgrx install --pg-config "$PG_CONFIG" $sudo_flag "$@"
+    # Released versions' install scripts, so that an older version can be installed and
+    # upgraded (cargo pgrx installs only the current one and the upgrade scripts).
+    local dir; dir="$("$PG_CONFIG" --sharedir)/extension"
+    if [ "$(id -u)" -eq 0 ]; then cp sql/releases/vitally_sync--*.sql "$dir/"; else sudo cp sql/releases/vitally_sync--*.sql "$dir/"; fi
 }

@@ -10,6 +10,7 @@ mod s06_sync_security;
 mod s07_delivery;
 mod s08_durability;
 mod s09_rest_and_users;
+mod s10_operations;
 
 /// Every scenario, as test trials named `<file>::<test>`.
 pub fn all() -> Vec<Trial> {
@@ -24,6 +25,7 @@ pub fn all() -> Vec<Trial> {
     trials.extend(s07_delivery::trials());
     trials.extend(s08_durability::trials());
     trials.extend(s09_rest_and_users::trials());
+    trials.extend(s10_operations::trials());
     trials
 }
 
