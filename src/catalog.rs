@@ -95,18 +95,23 @@ pub fn owned_sync(client: &SpiClient<'_>, name: &str, me: pg_sys::Oid, lock: boo
 
 /// Deletes syncs with everything that is theirs (records and delivery state have no
 /// foreign keys, see bootstrap.sql). `filter` selects them from `vitally.sync s`.
+/// Their pg_cron jobs go too.
 pub fn delete_syncs(client: &mut SpiClient<'_>, filter: &str, id: i64) {
-    client
+    let gone: Vec<String> = client
         .update(
             &format!(
-                "WITH gone AS (DELETE FROM vitally.sync s WHERE {filter} RETURNING s.id),
-                      records AS (DELETE FROM vitally.record r USING gone WHERE r.sync_id = gone.id)
-                 DELETE FROM vitally.delivery_state d USING gone WHERE d.sync_id = gone.id"
+                "WITH gone AS (DELETE FROM vitally.sync s WHERE {filter} RETURNING s.id, s.name),
+                      records AS (DELETE FROM vitally.record r USING gone WHERE r.sync_id = gone.id),
+                      state AS (DELETE FROM vitally.delivery_state d USING gone WHERE d.sync_id = gone.id)
+                 SELECT name FROM gone"
             ),
             None,
             &[id.into()],
         )
-        .unwrap_or_else(|e| internal(e));
+        .unwrap_or_else(|e| internal(e))
+        .filter_map(|row| row.get::<String>(1).ok().flatten())
+        .collect();
+    crate::scheduling::unschedule(client, &gone);
 }
 
 /// A destination's endpoints, each with its key (None where no key is set). Keys

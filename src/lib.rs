@@ -13,6 +13,7 @@ mod guc;
 mod log_scrub;
 mod planning;
 mod runs;
+mod scheduling;
 mod schema;
 mod worker;
 

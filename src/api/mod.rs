@@ -3,4 +3,5 @@
 mod delivery;
 mod destinations;
 mod running;
+mod scheduling;
 mod syncs;

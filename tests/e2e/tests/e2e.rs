@@ -27,7 +27,11 @@ fn main() {
         let cluster = Cluster::start(
             "main",
             &[
-                "shared_preload_libraries = 'vitally_sync'",
+                "shared_preload_libraries = 'vitally_sync, pg_cron'",
+                "cron.database_name = 'app'",
+                // Jobs run in background workers: no connection settings to get right.
+                "cron.use_background_workers = on",
+                "max_worker_processes = 16",
                 "vitally.database = 'app'",
                 "log_min_messages = info",
                 // Retries come back in a tenth of the default wait, so storms end sooner.
@@ -35,7 +39,7 @@ fn main() {
             ],
         );
         cluster.admin("postgres").batch_execute("CREATE DATABASE app").unwrap();
-        cluster.admin(APP_DB).batch_execute("CREATE EXTENSION vitally_sync").unwrap();
+        cluster.admin(APP_DB).batch_execute("CREATE EXTENSION vitally_sync; CREATE EXTENSION pg_cron").unwrap();
         let _ = CLUSTER.set(cluster);
     }
     let conclusion = libtest_mimic::run(&args, trials);
