@@ -121,7 +121,24 @@ CREATE TABLE vitally.delivery_state (
     PRIMARY KEY (sync_id, sync_key)
 );
 
-REVOKE ALL ON vitally.sync, vitally.sync_run, vitally.record, vitally.delivery_state FROM PUBLIC;
+-- Retention finds old records by when they were queued: a BRIN index is tiny and cheap to
+-- keep, and ids (so blocks) follow queueing time.
+CREATE INDEX record_queued_at ON vitally.record USING brin (queued_at);
+
+-- What Vitally answered, per destination and minute: vitally.metrics reads it instead of
+-- counting records. Kept as long as records (at least a day).
+CREATE TABLE vitally.delivery_stats (
+    destination_id bigint NOT NULL,
+    minute         timestamptz NOT NULL,
+    delivered      bigint NOT NULL DEFAULT 0,
+    skipped        bigint NOT NULL DEFAULT 0,
+    failed         bigint NOT NULL DEFAULT 0,
+    retried        bigint NOT NULL DEFAULT 0,   -- answers that will be tried again (5xx, timeouts, ...)
+    rate_limited   bigint NOT NULL DEFAULT 0,   -- records put back by a 429 (no attempt used)
+    PRIMARY KEY (destination_id, minute)
+);
+
+REVOKE ALL ON vitally.sync, vitally.sync_run, vitally.record, vitally.delivery_state, vitally.delivery_stats FROM PUBLIC;
 
 SELECT pg_catalog.pg_extension_config_dump('vitally.sync', '');
 SELECT pg_catalog.pg_extension_config_dump('vitally.sync_id_seq', '');

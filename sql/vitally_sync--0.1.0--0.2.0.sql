@@ -19,3 +19,60 @@ LANGUAGE c
 AS 'MODULE_PATHNAME', 'unschedule_wrapper';
 REVOKE ALL ON FUNCTION vitally.schedule(text, text), vitally.unschedule(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION vitally.schedule(text, text), vitally.unschedule(text) TO vitally_user;
+
+-- Retention and monitoring.
+CREATE INDEX record_queued_at ON vitally.record USING brin (queued_at);
+
+CREATE TABLE vitally.delivery_stats (
+    destination_id bigint NOT NULL,
+    minute         timestamptz NOT NULL,
+    delivered      bigint NOT NULL DEFAULT 0,
+    skipped        bigint NOT NULL DEFAULT 0,
+    failed         bigint NOT NULL DEFAULT 0,
+    retried        bigint NOT NULL DEFAULT 0,
+    rate_limited   bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (destination_id, minute)
+);
+REVOKE ALL ON vitally.delivery_stats FROM PUBLIC;
+
+CREATE FUNCTION vitally."worker_pid"() RETURNS INT
+STRICT VOLATILE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'worker_pid_wrapper';
+REVOKE ALL ON FUNCTION vitally.worker_pid() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION vitally.worker_pid() TO vitally_user, pg_monitor;
+
+-- One row per destination with the figures an operator alerts on; one flat row of
+-- numbers each, so a Prometheus postgres_exporter query can scrape it as it is.
+-- Members of pg_monitor see every destination (figures only, never data or keys).
+CREATE VIEW vitally.metrics WITH (security_barrier) AS
+SELECT d.name AS destination,
+       coalesce(q.pending, 0) AS pending,
+       coalesce(EXTRACT(epoch FROM pg_catalog.now() - q.oldest)::float8, 0) AS oldest_pending_seconds,
+       coalesce(st.delivered_5m, 0)::float8 / 300 AS delivered_per_second,
+       coalesce(st.delivered_1h, 0) AS delivered_last_hour,
+       coalesce(st.failed_1h, 0) AS failed_last_hour,
+       coalesce(st.retried_1h, 0) AS retried_last_hour,
+       coalesce(st.rate_limited_1h, 0) AS rate_limited_last_hour,
+       coalesce(f.failed, 0) AS failed_now,
+       vitally.worker_pid() IS NOT NULL AS worker_up
+  FROM vitally.destination d
+  LEFT JOIN LATERAL (SELECT pg_catalog.count(*) AS pending, pg_catalog.min(r.queued_at) AS oldest
+                       FROM vitally.sync s JOIN vitally.record r ON r.sync_id = s.id AND r.status = 'pending'
+                      WHERE s.destination_id = d.id) q ON true
+  LEFT JOIN LATERAL (SELECT pg_catalog.count(*) AS failed
+                       FROM vitally.sync s JOIN vitally.record r
+                            ON r.sync_id = s.id AND r.status = 'failed' AND r.replaced_at IS NULL
+                      WHERE s.destination_id = d.id) f ON true
+  LEFT JOIN LATERAL (SELECT pg_catalog.sum(x.delivered) FILTER (WHERE x.minute >= pg_catalog.now() - interval '5 minutes')::bigint AS delivered_5m,
+                            pg_catalog.sum(x.delivered)::bigint AS delivered_1h,
+                            pg_catalog.sum(x.failed)::bigint AS failed_1h,
+                            pg_catalog.sum(x.retried)::bigint AS retried_1h,
+                            pg_catalog.sum(x.rate_limited)::bigint AS rate_limited_1h
+                       FROM vitally.delivery_stats x
+                      WHERE x.destination_id = d.id AND x.minute >= pg_catalog.now() - interval '1 hour') st ON true
+ WHERE pg_catalog.pg_has_role(d.owner, 'USAGE') OR pg_catalog.pg_has_role('pg_monitor', 'USAGE');
+
+REVOKE ALL ON vitally.metrics FROM PUBLIC;
+GRANT SELECT ON vitally.metrics TO vitally_user, pg_monitor;
+GRANT USAGE ON SCHEMA vitally TO pg_monitor;

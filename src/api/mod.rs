@@ -2,6 +2,7 @@
 
 mod delivery;
 mod destinations;
+mod monitoring;
 mod running;
 mod scheduling;
 mod syncs;

@@ -9,6 +9,7 @@
 //! outcomes recorded in another.
 
 mod queue;
+mod retention;
 
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
 use pgrx::prelude::*;
@@ -16,7 +17,9 @@ use pgrx::{pg_shmem_init, PgAtomic};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use pgrx::PgTryBuilder;
+use std::panic::AssertUnwindSafe;
+use std::time::{Duration, Instant};
 use vitally_client::delivery::deliver;
 use vitally_client::{ClientConfig, RetryPolicy, VitallyClient};
 
@@ -31,6 +34,8 @@ const BUSY_TICK: Duration = Duration::from_millis(20);
 /// Jobs in flight per destination API: a second one is claimed and ready while the
 /// first is sent, so database work and HTTP overlap.
 const JOBS_PER_API: usize = 2;
+/// How often the worker looks for records and runs past their retention.
+const PRUNE_EVERY: Duration = Duration::from_secs(10);
 /// How long in-flight jobs may finish after SIGTERM before their records are released.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
@@ -82,6 +87,7 @@ pub fn wake_on_commit() {
 pub struct Settings {
     pub client: ClientConfig,
     pub retry: RetryPolicy,
+    pub retention_minutes: i32,
 }
 
 impl Settings {
@@ -99,6 +105,7 @@ impl Settings {
                 min_delay: Duration::from_millis(RETRY_MIN_DELAY_MS.get().max(1) as u64),
                 max_delay: Duration::from_millis(RETRY_MAX_DELAY_MS.get().max(RETRY_MIN_DELAY_MS.get()).max(1) as u64),
             },
+            retention_minutes: RECORD_RETENTION_MIN.get().max(1),
         }
     }
 
@@ -125,6 +132,106 @@ fn shutdown_requested() -> bool {
     unsafe { pg_sys::ShutdownRequestPending != 0 }
 }
 
+#[derive(PartialEq)]
+enum Round {
+    Go,
+    Stop,
+}
+
+/// What the worker keeps between rounds.
+struct Worker {
+    database: String,
+    settings: Settings,
+    client: Arc<VitallyClient>,
+    runtime: tokio::runtime::Runtime,
+    done_tx: tokio::sync::mpsc::UnboundedSender<queue::Finished>,
+    done_rx: tokio::sync::mpsc::UnboundedReceiver<queue::Finished>,
+    in_flight: HashMap<u64, (queue::JobKey, Vec<queue::Claimed>)>,
+    next_job: u64,
+    finished: Vec<queue::Finished>,
+    /// Whether the extension is installed, as last seen (None: not looked yet).
+    installed: Option<bool>,
+    next_prune: Instant,
+}
+
+impl Worker {
+    /// One round: record finished jobs, prune, claim and start new jobs, then wait a little.
+    fn round(&mut self) -> Round {
+        let now_installed = queue::extension_installed();
+        if self.installed != Some(now_installed) {
+            log!(
+                "vitally_sync worker: extension {} in database \"{}\"",
+                if now_installed { "found" } else { "not installed" },
+                self.database
+            );
+            self.installed = Some(now_installed);
+            // Jobs of a dropped extension have nowhere to record their outcomes.
+            self.in_flight.clear();
+            self.finished.clear();
+            if now_installed {
+                // Only this worker claims records: a lease still held is one a crash left.
+                queue::release_all_leases();
+            }
+        }
+        if !now_installed {
+            return if BackgroundWorker::wait_latch(Some(IDLE_WAKE)) { Round::Go } else { Round::Stop };
+        }
+
+        while let Ok(f) = self.done_rx.try_recv() {
+            self.finished.push(f);
+        }
+        // A job of before a drop of the extension is no longer in flight: forgotten.
+        self.finished.retain(|f| self.in_flight.contains_key(&f.job));
+        if !self.finished.is_empty() {
+            for f in &self.finished {
+                self.in_flight.remove(&f.job);
+            }
+            queue::record_outcomes(std::mem::take(&mut self.finished), &self.settings.retry);
+        }
+
+        if Instant::now() >= self.next_prune {
+            // Something went: there may be more, so another batch on the next round.
+            let removed = retention::prune(self.settings.retention_minutes);
+            self.next_prune = Instant::now() + if removed > 0 { Duration::ZERO } else { PRUNE_EVERY };
+        }
+
+        let mut per_key: HashMap<&queue::JobKey, usize> = HashMap::new();
+        for (key, _) in self.in_flight.values() {
+            *per_key.entry(key).or_default() += 1;
+        }
+        let busy: Vec<queue::JobKey> = per_key.into_iter().filter(|(_, n)| *n >= JOBS_PER_API).map(|(k, _)| k.clone()).collect();
+        for job in queue::claim(&busy, &self.settings) {
+            self.next_job += 1;
+            let id = self.next_job;
+            self.in_flight.insert(id, (job.key.clone(), job.records.clone()));
+            let (client, tx, destination_id) = (self.client.clone(), self.done_tx.clone(), job.key.destination_id);
+            self.runtime.spawn(async move {
+                let outcomes = match &job.endpoint {
+                    Ok(endpoint) => deliver(&client, endpoint, job.records.iter().map(|c| c.record.clone()).collect()).await,
+                    Err(reason) => job.records.iter().map(|c| (c.record.id, reason.clone())).collect(),
+                };
+                let _ = tx.send(queue::Finished { job: id, destination_id, records: job.records, outcomes });
+            });
+        }
+
+        if self.in_flight.is_empty() {
+            let until_prune = self.next_prune.saturating_duration_since(Instant::now());
+            let sleep = queue::next_due().unwrap_or(MAX_SLEEP).min(until_prune).clamp(Duration::from_millis(5), MAX_SLEEP);
+            if !BackgroundWorker::wait_latch(Some(sleep)) {
+                return Round::Stop;
+            }
+        } else {
+            // HTTP advances only in here.
+            let rx = &mut self.done_rx;
+            if let Some(f) = self.runtime.block_on(async { tokio::time::timeout(BUSY_TICK, rx.recv()).await.ok().flatten() }) {
+                self.finished.push(f);
+            }
+            unsafe { pg_sys::ResetLatch(pg_sys::MyLatch) };
+        }
+        Round::Go
+    }
+}
+
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn vitally_sync_worker_main(_arg: pg_sys::Datum) {
@@ -136,20 +243,28 @@ pub extern "C-unwind" fn vitally_sync_worker_main(_arg: pg_sys::Datum) {
     log!("vitally_sync worker started for database \"{database}\"");
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
-    let mut settings = Settings::read();
-    let mut client = Arc::new(VitallyClient::new(settings.client.clone()));
-    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<queue::Finished>();
-    let mut in_flight: HashMap<u64, (queue::JobKey, Vec<queue::Claimed>)> = HashMap::new();
-    let mut next_job: u64 = 0;
-    let mut finished: Vec<queue::Finished> = Vec::new();
-    let mut installed = false;
+    let settings = Settings::read();
+    let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel::<queue::Finished>();
+    let mut w = Worker {
+        database,
+        client: Arc::new(VitallyClient::new(settings.client.clone())),
+        settings,
+        runtime,
+        done_tx,
+        done_rx,
+        in_flight: HashMap::new(),
+        next_job: 0,
+        finished: Vec::new(),
+        installed: None,
+        next_prune: Instant::now(),
+    };
 
     loop {
         if BackgroundWorker::sighup_received() {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
-            settings = Settings::read();
-            client = Arc::new(VitallyClient::new(settings.client.clone()));
-            log!("vitally_sync worker: settings reloaded (batch_size {})", settings.client.batch_size);
+            w.settings = Settings::read();
+            w.client = Arc::new(VitallyClient::new(w.settings.client.clone()));
+            log!("vitally_sync worker: settings reloaded (batch_size {})", w.settings.client.batch_size);
         }
         if shutdown_requested() {
             break;
@@ -158,67 +273,23 @@ pub extern "C-unwind" fn vitally_sync_worker_main(_arg: pg_sys::Datum) {
             // The postmaster is gone (killed): leave at once; leases are released on restart.
             unsafe { pg_sys::proc_exit(1) };
         }
-        let now_installed = queue::extension_installed();
-        if now_installed != installed {
-            log!(
-                "vitally_sync worker: extension {} in database \"{database}\"",
-                if now_installed { "found" } else { "not installed" }
-            );
-            installed = now_installed;
-            if installed {
-                // Only this worker claims records: a lease still held is one a crash left.
-                queue::release_all_leases();
-            }
-        }
-        if !installed {
-            if !BackgroundWorker::wait_latch(Some(IDLE_WAKE)) {
-                break;
-            }
-            continue;
-        }
-
-        while let Ok(f) = done_rx.try_recv() {
-            finished.push(f);
-        }
-        if !finished.is_empty() {
-            for f in &finished {
-                in_flight.remove(&f.job);
-            }
-            queue::record_outcomes(std::mem::take(&mut finished), &settings.retry);
-        }
-
-        let mut per_key: HashMap<&queue::JobKey, usize> = HashMap::new();
-        for (key, _) in in_flight.values() {
-            *per_key.entry(key).or_default() += 1;
-        }
-        let busy: Vec<queue::JobKey> = per_key.into_iter().filter(|(_, n)| *n >= JOBS_PER_API).map(|(k, _)| k.clone()).collect();
-        for job in queue::claim(&busy, &settings) {
-            next_job += 1;
-            let id = next_job;
-            in_flight.insert(id, (job.key.clone(), job.records.clone()));
-            let (client, tx) = (client.clone(), done_tx.clone());
-            runtime.spawn(async move {
-                let outcomes = match &job.endpoint {
-                    Ok(endpoint) => deliver(&client, endpoint, job.records.iter().map(|c| c.record.clone()).collect()).await,
-                    Err(reason) => job.records.iter().map(|c| (c.record.id, reason.clone())).collect(),
-                };
-                let _ = tx.send(queue::Finished { job: id, records: job.records, outcomes });
-            });
-        }
-
-        if in_flight.is_empty() {
-            let sleep = queue::next_due().unwrap_or(MAX_SLEEP).clamp(Duration::from_millis(5), MAX_SLEEP);
-            if !BackgroundWorker::wait_latch(Some(sleep)) {
-                break;
-            }
-        } else {
-            // HTTP advances only in here.
-            if let Some(f) = runtime.block_on(async { tokio::time::timeout(BUSY_TICK, done_rx.recv()).await.ok().flatten() }) {
-                finished.push(f);
-            }
-            unsafe { pg_sys::ResetLatch(pg_sys::MyLatch) };
+        // An error ends the worker (it is started again, and releases its leases then),
+        // unless it came from the extension being dropped under it: then it waits for
+        // the extension as it does at start.
+        let round = PgTryBuilder::new(AssertUnwindSafe(|| w.round()))
+            .catch_others(|e| {
+                unsafe { pg_sys::AbortCurrentTransaction() };
+                if queue::extension_installed() {
+                    e.rethrow()
+                }
+                Round::Go
+            })
+            .execute();
+        if round == Round::Stop {
+            break;
         }
     }
+    let Worker { runtime, mut done_rx, mut in_flight, mut finished, settings, .. } = w;
 
     // A clean stop: let jobs in flight finish briefly, record what they got, and put
     // back what they did not, so nothing is lost (or sent twice needlessly).
@@ -243,6 +314,15 @@ pub extern "C-unwind" fn vitally_sync_worker_main(_arg: pg_sys::Datum) {
     // when only this process was told to stop (pg_terminate_backend); at server
     // shutdown nothing is restarted.
     unsafe { pg_sys::proc_exit(1) };
+}
+
+/// The worker's pid when it runs (and this backend can know: the library is preloaded).
+pub fn running_pid() -> Option<i32> {
+    if !PRELOADED.load(Ordering::Relaxed) {
+        return None;
+    }
+    let pid = WORKER_PID.get().load(Ordering::Relaxed);
+    (pid > 0 && !unsafe { pg_sys::BackendPidGetProc(pid) }.is_null()).then_some(pid)
 }
 
 /// Tells the caller of `vitally.sync()` when nothing will deliver what it queued.

@@ -41,6 +41,7 @@ pub struct Job {
 pub struct Finished {
     /// The worker's number for the job.
     pub job: u64,
+    pub destination_id: i64,
     pub records: Vec<Claimed>,
     pub outcomes: Vec<(i64, Outcome)>,
 }
@@ -189,8 +190,8 @@ pub fn record_outcomes(finished: Vec<Finished>, retry: &RetryPolicy) {
     if finished.is_empty() {
         return;
     }
-    let (mut ids, mut versions, mut statuses, mut incs, mut delays, mut https, mut errors) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut ids, mut versions, mut statuses, mut incs, mut delays, mut https, mut errors, mut destinations) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut sent: std::collections::HashMap<i64, (bool, Option<i64>)> = std::collections::HashMap::new();
     for f in &finished {
         let by_id: std::collections::HashMap<i64, &Claimed> = f.records.iter().map(|c| (c.record.id, c)).collect();
@@ -213,6 +214,7 @@ pub fn record_outcomes(finished: Vec<Finished>, retry: &RetryPolicy) {
             delays.push(delay);
             https.push(http);
             errors.push(error.map(shorten));
+            destinations.push(f.destination_id);
         }
     }
     BackgroundWorker::transaction(|| {
@@ -220,8 +222,22 @@ pub fn record_outcomes(finished: Vec<Finished>, retry: &RetryPolicy) {
             let updated = client
                 .update(
                     "WITH o AS (
-                         SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::int[], $5::float8[], $6::int[], $7::text[])
-                                AS o(id, version, status, inc, delay, http, error)),
+                         SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::int[], $5::float8[], $6::int[], $7::text[], $8::bigint[])
+                                AS o(id, version, status, inc, delay, http, error, destination_id)),
+                     -- What Vitally answered, per destination and minute (vitally.metrics).
+                     stats AS (
+                         INSERT INTO vitally.delivery_stats AS t (destination_id, minute, delivered, skipped, failed, retried, rate_limited)
+                         SELECT destination_id, pg_catalog.date_trunc('minute', pg_catalog.now()),
+                                pg_catalog.count(*) FILTER (WHERE status = 'delivered'),
+                                pg_catalog.count(*) FILTER (WHERE status = 'skipped'),
+                                pg_catalog.count(*) FILTER (WHERE status = 'failed'),
+                                pg_catalog.count(*) FILTER (WHERE status = 'pending' AND inc > 0),
+                                pg_catalog.count(*) FILTER (WHERE status = 'pending' AND inc = 0)
+                           FROM o GROUP BY destination_id
+                         ON CONFLICT (destination_id, minute) DO UPDATE
+                            SET delivered = t.delivered + EXCLUDED.delivered, skipped = t.skipped + EXCLUDED.skipped,
+                                failed = t.failed + EXCLUDED.failed, retried = t.retried + EXCLUDED.retried,
+                                rate_limited = t.rate_limited + EXCLUDED.rate_limited),
                      upd AS (
                          UPDATE vitally.record r
                             SET status = o.status,
@@ -256,7 +272,16 @@ pub fn record_outcomes(finished: Vec<Finished>, retry: &RetryPolicy) {
                           WHERE sr.id = c.run_id)
                      SELECT id, run_id FROM upd",
                     None,
-                    &[ids.clone().into(), versions.into(), statuses.into(), incs.into(), delays.into(), https.into(), errors.into()],
+                    &[
+                        ids.clone().into(),
+                        versions.into(),
+                        statuses.into(),
+                        incs.into(),
+                        delays.into(),
+                        https.into(),
+                        errors.into(),
+                        destinations.into(),
+                    ],
                 )
                 .unwrap_or_else(|e| internal(e));
             let mut runs = Vec::new();
