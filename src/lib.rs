@@ -12,6 +12,7 @@ mod errors;
 mod guc;
 mod log_scrub;
 mod planning;
+mod progress;
 mod runs;
 mod scheduling;
 mod schema;

@@ -3,6 +3,7 @@
 //! the planner crate renders. Nothing of the result is held in Rust memory.
 
 use crate::catalog::SyncRow;
+use crate::progress::Progress;
 use crate::elevation::as_role;
 use crate::errors::{OrRaise, UserError};
 use pgrx::pg_sys::panic::CaughtError;
@@ -173,7 +174,7 @@ pub enum Pass {
 /// mapped values, the values. Phase two, as the extension's owner, finds the keys
 /// that repeat, compares hashes with what was delivered, and makes records (JSON,
 /// checks) of the rows that need sending only: most rows of most runs are unchanged.
-pub fn stage(sync: &SyncRow, prepared: &Prepared, pass: Pass) -> i64 {
+pub fn stage(sync: &SyncRow, prepared: &Prepared, pass: Pass, progress: &mut Progress) -> i64 {
     single_statement(&sync.name, &wrapped(&sync.query, ""));
     drop_stage();
     let fingerprint = prepared.plan.fingerprint(&prepared.options);
@@ -190,6 +191,7 @@ pub fn stage(sync: &SyncRow, prepared: &Prepared, pass: Pass) -> i64 {
             Spi::connect_mut(|client| client.update(&create, None, &[]).unwrap_or_else(|e| crate::catalog::internal(e)).len() as i64)
         })
     });
+    progress.phase(|| format!("ran the query: {rows} rows"));
     let filter = match pass {
         Pass::Preview { .. } => "true".to_string(),
         Pass::Run { full_resync: true } => "true".to_string(),
@@ -221,6 +223,11 @@ pub fn stage(sync: &SyncRow, prepared: &Prepared, pass: Pass) -> i64 {
              ANALYZE {RECORDS};"
         ))
         .unwrap_or_else(|e| crate::catalog::internal(e));
+    });
+    progress.phase(|| {
+        let count = || Spi::get_one::<i64>(&format!("SELECT pg_catalog.count(*) FROM {RECORDS}")).ok().flatten().unwrap_or(0);
+        let n = crate::elevation::as_extension_owner(count);
+        format!("compared with what was delivered: {n} rows new, changed or invalid")
     });
     rows
 }

@@ -8,6 +8,7 @@ mod vitally {
     use crate::elevation::{as_extension_owner, caller};
     use crate::errors::UserError;
     use crate::planning::{drop_stage, prepare_stored, stage, Pass, Prepared, RECORDS};
+    use crate::progress::Progress;
     use pgrx::prelude::*;
     use pgrx::JsonB;
     use vitally_planner::sql::MAX_RECORD_BYTES;
@@ -34,8 +35,10 @@ mod vitally {
             .unwrap_or_else(|e| internal(e))
             .expect("an id")
         });
-        let rows = stage(&sync, &prepared, Pass::Run { full_resync });
-        as_extension_owner(|| queue(&sync, &prepared, run_id, rows));
+        let mut progress = Progress::new(name);
+        let rows = stage(&sync, &prepared, Pass::Run { full_resync }, &mut progress);
+        let (queued, invalid) = as_extension_owner(|| queue(&sync, &prepared, run_id, rows));
+        progress.phase(|| format!("queued {queued} records, {invalid} invalid, {} unchanged; run {run_id}", rows - queued - invalid));
         drop_stage();
         as_extension_owner(|| Spi::connect_mut(|client| crate::runs::finish_if_done(client, &[run_id])));
         crate::worker::wake_on_commit();
@@ -45,7 +48,7 @@ mod vitally {
 
     /// Inserts the invalid records and queues the others (the planning pass kept only
     /// those that need sending); records the run's figures.
-    fn queue(sync: &SyncRow, prepared: &Prepared, run_id: i64, rows: i64) {
+    fn queue(sync: &SyncRow, prepared: &Prepared, run_id: i64, rows: i64) -> (i64, i64) {
         // An event's messageId is stable per sync and key, so Vitally drops a repeat;
         // a change gets a fresh one, kept across its retries.
         let message_id = match prepared.behavior {
@@ -116,6 +119,7 @@ mod vitally {
                     &[run_id.into(), rows.into(), queued.into(), invalid.into()],
                 )
                 .unwrap_or_else(|e| internal(e));
+            (queued, invalid)
         })
     }
 
@@ -129,7 +133,7 @@ mod vitally {
         let me = caller();
         let sync = as_extension_owner(|| Spi::connect(|client| owned_sync(client, name, me, false)));
         let prepared = prepare_stored(&sync);
-        stage(&sync, &prepared, Pass::Preview { limit: n.max(0) });
+        stage(&sync, &prepared, Pass::Preview { limit: n.max(0) }, &mut crate::progress::Progress::new(name));
         let unchanged = match prepared.behavior {
             Behavior::Append => "d.sync_key IS NOT NULL OR p.id IS NOT NULL",
             _ => "d.payload_hash = s.hash OR p.payload_hash = s.hash",

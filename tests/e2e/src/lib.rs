@@ -123,6 +123,28 @@ impl Cluster {
         self.connect(db, "postgres")
     }
 
+    /// A superuser connection that keeps the NOTICEs it receives.
+    pub fn admin_with_notices(&self, db: &str) -> (Client, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        let notices = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = notices.clone();
+        let client = format!("host=127.0.0.1 port={} dbname={db} user=postgres", self.port)
+            .parse::<postgres::Config>()
+            .unwrap()
+            .notice_callback(move |n| kept.lock().unwrap().push(n.message().to_string()))
+            .connect(NoTls)
+            .unwrap_or_else(|e| panic!("connect to {db}: {e}"));
+        (client, notices)
+    }
+
+    /// Runs one of PostgreSQL's programs (pg_dump, pg_restore, ...) against this
+    /// cluster as the superuser; panics with its output when it fails.
+    pub fn program(&self, program: &str, args: &[&str]) {
+        let mut c = pg_command(program);
+        let port = self.port.to_string();
+        c.args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres"]).args(args);
+        run(c, program);
+    }
+
     /// The postmaster's pid, from `postmaster.pid`.
     pub fn postmaster_pid(&self) -> i32 {
         fs::read_to_string(self.data_dir().join("postmaster.pid"))
