@@ -94,6 +94,17 @@ impl Cluster {
         cluster
     }
 
+    /// A cluster of its own with the worker serving database `app`, where the extension
+    /// is installed; `conf` adds or overrides settings.
+    pub fn with_worker(name: &str, conf: &[&str]) -> Cluster {
+        let mut settings = vec!["shared_preload_libraries = 'vitally_sync'", "vitally.database = 'app'", "vitally.retry_min_delay = '100ms'"];
+        settings.extend_from_slice(conf);
+        let cluster = Cluster::start(name, &settings);
+        cluster.admin("postgres").batch_execute("CREATE DATABASE app").unwrap();
+        cluster.admin("app").batch_execute("CREATE EXTENSION vitally_sync").unwrap();
+        cluster
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.join("data")
     }

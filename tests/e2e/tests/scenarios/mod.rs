@@ -11,6 +11,7 @@ mod s07_delivery;
 mod s08_durability;
 mod s09_rest_and_users;
 mod s10_operations;
+mod s11_faults;
 
 /// Every scenario, as test trials named `<file>::<test>`.
 pub fn all() -> Vec<Trial> {
@@ -26,6 +27,7 @@ pub fn all() -> Vec<Trial> {
     trials.extend(s08_durability::trials());
     trials.extend(s09_rest_and_users::trials());
     trials.extend(s10_operations::trials());
+    trials.extend(s11_faults::trials());
     trials
 }
 

@@ -14,16 +14,6 @@ crate::trials!("08_durability":
 
 const RECORDS: i64 = 20_000;
 
-fn cluster_with_worker(name: &str) -> Cluster {
-    let cluster = Cluster::start(
-        name,
-        &["shared_preload_libraries = 'vitally_sync'", "vitally.database = 'app'", "vitally.retry_min_delay = '100ms'"],
-    );
-    cluster.admin("postgres").batch_execute("CREATE DATABASE app").unwrap();
-    cluster.admin("app").batch_execute("CREATE EXTENSION vitally_sync").unwrap();
-    cluster
-}
-
 /// Queues RECORDS accounts for a destination at `vitally` and returns once the
 /// emulator has received `before` messages: delivery is under way.
 fn start_delivering(cluster: &Cluster, vitally: &Emulator, before: u64) {
@@ -64,7 +54,7 @@ fn everything_arrived_once_or_as_a_harmless_repeat(cluster: &Cluster, vitally: &
 }
 
 fn kill_9_of_the_postmaster_mid_delivery_loses_nothing() {
-    let cluster = cluster_with_worker("kill-postmaster");
+    let cluster = Cluster::with_worker("kill-postmaster", &[]);
     let vitally = emulator(Faults { latency_ms: 100, ..Faults::default() });
     start_delivering(&cluster, &vitally, 2_000);
     cluster.kill9(cluster.postmaster_pid());
@@ -73,7 +63,7 @@ fn kill_9_of_the_postmaster_mid_delivery_loses_nothing() {
 }
 
 fn a_fast_shutdown_mid_delivery_loses_nothing() {
-    let cluster = cluster_with_worker("fast-stop");
+    let cluster = Cluster::with_worker("fast-stop", &[]);
     let vitally = emulator(Faults { latency_ms: 100, ..Faults::default() });
     start_delivering(&cluster, &vitally, 2_000);
     cluster.stop_fast();
@@ -84,7 +74,7 @@ fn a_fast_shutdown_mid_delivery_loses_nothing() {
 }
 
 fn kill_9_of_the_worker_mid_delivery_loses_nothing() {
-    let cluster = cluster_with_worker("kill-worker");
+    let cluster = Cluster::with_worker("kill-worker", &[]);
     let vitally = emulator(Faults { latency_ms: 100, ..Faults::default() });
     start_delivering(&cluster, &vitally, 2_000);
     let worker: i32 = scalar(&mut cluster.admin("app"), "SELECT pid FROM pg_stat_activity WHERE backend_type = 'vitally_sync worker'");
@@ -99,7 +89,7 @@ fn reloaded(cluster: &Cluster, setting: &str) {
 }
 
 fn a_reload_picks_up_batch_size_and_max_attempts() {
-    let cluster = cluster_with_worker("reload");
+    let cluster = Cluster::with_worker("reload", &[]);
     // The worker restarts once "app" exists; a reload before that would go unseen.
     reloaded(&cluster, "extension found in database \"app\"");
     let mut db = cluster.admin("app");

@@ -377,6 +377,7 @@ fn a_dump_restored_into_a_new_cluster_delivers_only_what_changed() {
         "restored",
         &["shared_preload_libraries = 'vitally_sync'", "vitally.database = 'app'", "vitally.retry_min_delay = '100ms'"],
     );
+    // (No CREATE EXTENSION here: the restore makes it.)
     // The documented procedure: roles (and their membership in vitally_user) first,
     // then the database.
     let globals = vitally_e2e::path_str(&restored.dir.join("globals.sql"));
