@@ -1,5 +1,5 @@
 # The README's commands, and the benchmarks.
-.PHONY: demo test bench
+.PHONY: demo test bench reliability
 
 demo:
 	scripts/demo.sh
@@ -10,3 +10,7 @@ test:
 # Builds the extension in release mode, measures, prints a table of ratios.
 bench:
 	scripts/bench.sh
+
+# The reliability and security suite alone (faults, crashes, hostile input, roles).
+reliability:
+	scripts/reliability.sh

@@ -1,4 +1,4 @@
-//! Keeps API keys out of the server log.
+//! Keeps API keys out of the server log and out of `pg_stat_activity`.
 //!
 //! Our own messages never contain a key, but Postgres itself logs statement text:
 //! the `STATEMENT:` line after an error (`log_min_error_statement`, on by default)
@@ -26,6 +26,18 @@ fn carries_key(sql: &str) -> bool {
 }
 
 const HIDDEN: &CStr = c"statement hidden by vitally_sync: it may contain a Vitally API key";
+
+/// Replaces this session's statement text in `pg_stat_activity` when it may carry a
+/// key: it stays there after the statement ends, for superusers and members of
+/// `pg_read_all_stats` to read. Called first by the functions that take keys.
+pub fn hide_from_activity() {
+    unsafe {
+        let query = pg_sys::debug_query_string;
+        if !query.is_null() && carries_key(&CStr::from_ptr(query).to_string_lossy()) {
+            pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_RUNNING, HIDDEN.as_ptr());
+        }
+    }
+}
 
 #[pg_guard]
 unsafe extern "C-unwind" fn scrub(edata: *mut pg_sys::ErrorData) {

@@ -150,6 +150,8 @@ pub fn with_query_errors<R>(sync_name: &str, f: impl FnOnce() -> R + std::panic:
             let mut err = UserError::new(report.sql_error_code(), format!("the query of sync \"{sync_name}\" failed: {}", report.message()));
             if let Some(h) = report.hint() {
                 err = err.hint(h.to_string());
+            } else if report.message().contains("data-modifying") {
+                err = err.hint("A sync's query only reads: change data in a statement of its own, before vitally.sync().");
             } else if report.sql_error_code() == PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE {
                 err = err.hint("The query runs with the privileges of the sync's owner: GRANT SELECT on what it reads to that role.");
             }

@@ -26,6 +26,7 @@ mod vitally {
         analytics_url: default!(Option<&str>, "NULL"),
         rest_url: default!(Option<&str>, "NULL"),
     ) -> i64 {
+        crate::log_scrub::hide_from_activity();
         validate_name(name).or_raise();
         let region = Region::parse(region).or_raise();
         let subdomain = subdomain.filter(|s| !s.trim().is_empty()).map(validate_subdomain).transpose().or_raise();
@@ -90,6 +91,7 @@ mod vitally {
         analytics_url: default!(Option<&str>, "NULL"),
         rest_url: default!(Option<&str>, "NULL"),
     ) {
+        crate::log_scrub::hide_from_activity();
         let region = region.map(Region::parse).transpose().or_raise();
         let subdomain = subdomain.map(|s| (!s.trim().is_empty()).then(|| validate_subdomain(s)).transpose()).transpose().or_raise();
         let analytics_url = analytics_url.map(|u| url_override(Api::Analytics, Some(u)));

@@ -136,9 +136,14 @@ impl Cluster {
 
     /// A superuser connection that keeps the NOTICEs it receives.
     pub fn admin_with_notices(&self, db: &str) -> (Client, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        self.connect_with_notices(db, "postgres")
+    }
+
+    /// A connection that keeps the NOTICEs and WARNINGs it receives.
+    pub fn connect_with_notices(&self, db: &str, user: &str) -> (Client, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
         let notices = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let kept = notices.clone();
-        let client = format!("host=127.0.0.1 port={} dbname={db} user=postgres", self.port)
+        let client = format!("host=127.0.0.1 port={} dbname={db} user={user}", self.port)
             .parse::<postgres::Config>()
             .unwrap()
             .notice_callback(move |n| kept.lock().unwrap().push(n.message().to_string()))

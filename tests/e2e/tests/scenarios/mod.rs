@@ -12,6 +12,7 @@ mod s08_durability;
 mod s09_rest_and_users;
 mod s10_operations;
 mod s11_faults;
+mod s12_hostile_input;
 
 /// Every scenario, as test trials named `<file>::<test>`.
 pub fn all() -> Vec<Trial> {
@@ -28,6 +29,7 @@ pub fn all() -> Vec<Trial> {
     trials.extend(s09_rest_and_users::trials());
     trials.extend(s10_operations::trials());
     trials.extend(s11_faults::trials());
+    trials.extend(s12_hostile_input::trials());
     trials
 }
 
