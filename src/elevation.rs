@@ -9,6 +9,7 @@
 //! (sub)transaction, which restores both.
 
 use pgrx::prelude::*;
+use std::ffi::CStr;
 
 /// The role calling the current SQL function.
 pub fn caller() -> pg_sys::Oid {
@@ -37,24 +38,35 @@ fn extension_owner() -> pg_sys::Oid {
 /// Runs `f` as the extension's owner with a safe `search_path`, then switches back.
 pub fn as_extension_owner<R>(f: impl FnOnce() -> R) -> R {
     let owner = extension_owner();
-    unsafe {
+    with_settings(&[(c"search_path", c"pg_catalog, pg_temp")], || unsafe {
         let mut saved_user = pg_sys::InvalidOid;
         let mut saved_context = 0;
         pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
-        let nest = pg_sys::NewGUCNestLevel();
-        pg_sys::set_config_option(
-            c"search_path".as_ptr(),
-            c"pg_catalog, pg_temp".as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            0,
-            false,
-        );
         pg_sys::SetUserIdAndSecContext(owner, saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
         let result = f();
         pg_sys::SetUserIdAndSecContext(saved_user, saved_context);
+        result
+    })
+}
+
+/// Runs `f` with settings changed for its duration only, as a function's `SET` clause
+/// does (a `SET LOCAL` in our SQL would last until the caller's transaction ends).
+pub fn with_settings<R>(settings: &[(&CStr, &CStr)], f: impl FnOnce() -> R) -> R {
+    unsafe {
+        let nest = pg_sys::NewGUCNestLevel();
+        for (name, value) in settings {
+            pg_sys::set_config_option(
+                name.as_ptr(),
+                value.as_ptr(),
+                pg_sys::GucContext::PGC_USERSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+                pg_sys::GucAction::GUC_ACTION_SAVE,
+                true,
+                0,
+                false,
+            );
+        }
+        let result = f();
         pg_sys::AtEOXact_GUC(true, nest);
         result
     }

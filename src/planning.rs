@@ -4,7 +4,7 @@
 
 use crate::catalog::SyncRow;
 use crate::progress::Progress;
-use crate::elevation::as_role;
+use crate::elevation::{as_role, with_settings};
 use crate::errors::{OrRaise, UserError};
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
@@ -160,6 +160,12 @@ pub fn with_query_errors<R>(sync_name: &str, f: impl FnOnce() -> R + std::panic:
         .execute()
 }
 
+/// Settings for the set-based statements of a run, for their duration only.
+/// Hashing a million keys fits in 64 MB (the default 4 MB spills to disk). No nested
+/// loops: the queue's statistics can say "empty" while it is not (or stops being so
+/// during the statement), and a nested loop rescanning it would make queueing quadratic.
+pub const PLANNING_SETTINGS: &[(&std::ffi::CStr, &std::ffi::CStr)] = &[(c"work_mem", c"64MB"), (c"enable_nestloop", c"off")];
+
 /// What a planning pass is for.
 #[derive(Clone, Copy)]
 pub enum Pass {
@@ -214,16 +220,14 @@ pub fn stage(sync: &SyncRow, prepared: &Prepared, pass: Pass, progress: &mut Pro
     );
     let records = prepared.plan.records_sql(&source, &prepared.options);
     crate::elevation::as_extension_owner(|| {
-        // Hashing a million keys fits in 64 MB; the default 4 MB spills to disk.
-        Spi::run(&format!(
-            "SET LOCAL work_mem = '64MB';
-             ANALYZE {STAGE};
+        with_settings(PLANNING_SETTINGS, || Spi::run(&format!(
+            "ANALYZE {STAGE};
              CREATE TEMP TABLE vitally_dups ON COMMIT DROP AS
                  SELECT sync_key, pg_catalog.count(*) AS n FROM {STAGE}
                   WHERE sync_key IS NOT NULL GROUP BY sync_key HAVING pg_catalog.count(*) > 1;
              CREATE TEMP TABLE vitally_records ON COMMIT DROP AS {records};
              ANALYZE {RECORDS};"
-        ))
+        )))
         .unwrap_or_else(|e| crate::catalog::internal(e));
     });
     progress.phase(|| {

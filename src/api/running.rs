@@ -5,9 +5,9 @@ use pgrx::prelude::*;
 #[pg_schema]
 mod vitally {
     use crate::catalog::{internal, owned_sync, SyncRow};
-    use crate::elevation::{as_extension_owner, caller};
+    use crate::elevation::{as_extension_owner, caller, with_settings};
     use crate::errors::UserError;
-    use crate::planning::{drop_stage, prepare_stored, stage, Pass, Prepared, RECORDS};
+    use crate::planning::{drop_stage, prepare_stored, stage, Pass, Prepared, PLANNING_SETTINGS, RECORDS};
     use crate::progress::Progress;
     use pgrx::prelude::*;
     use pgrx::JsonB;
@@ -37,7 +37,7 @@ mod vitally {
         });
         let mut progress = Progress::new(name);
         let rows = stage(&sync, &prepared, Pass::Run { full_resync }, &mut progress);
-        let (queued, invalid) = as_extension_owner(|| queue(&sync, &prepared, run_id, rows));
+        let (queued, invalid) = as_extension_owner(|| with_settings(PLANNING_SETTINGS, || queue(&sync, &prepared, run_id, rows)));
         progress.phase(|| format!("queued {queued} records, {invalid} invalid, {} unchanged; run {run_id}", rows - queued - invalid));
         drop_stage();
         as_extension_owner(|| Spi::connect_mut(|client| crate::runs::finish_if_done(client, &[run_id])));

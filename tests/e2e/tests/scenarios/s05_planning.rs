@@ -2,7 +2,8 @@
 
 use crate::cluster;
 use serde_json::{json, Value};
-use vitally_e2e::{deliver_by_hand, destination, fresh_database, scalar, Client};
+use std::time::Duration;
+use vitally_e2e::{deliver_by_hand, destination, eventually, fresh_database, scalar, Client};
 
 crate::trials!("05_planning":
     every_common_type_becomes_the_documented_json,
@@ -16,6 +17,7 @@ crate::trials!("05_planning":
     preview_says_what_a_run_would_do,
     reset_makes_the_next_run_send_everything,
     a_million_rows_with_one_percent_changed_queue_exactly_those,
+    queueing_into_an_emptied_queue_reads_it_a_bounded_number_of_times,
 );
 
 fn payloads(db: &mut Client, sync: &str) -> Vec<(String, Value)> {
@@ -338,4 +340,40 @@ fn a_million_rows_with_one_percent_changed_queue_exactly_those() {
     assert_eq!(run_figures(&mut db, run), (1_000_000, 10_000, 990_000, 0));
     let wrong: i64 = scalar(&mut db, "SELECT count(*) FROM vitally.records WHERE status = 'pending' AND sync_key::bigint % 100 <> 0");
     assert_eq!(wrong, 0, "exactly the changed rows");
+}
+
+/// After the queue was emptied and vacuumed, its statistics say "no pages": a nested
+/// loop that rescans it while rows are added made queueing 50,000 records take 20 s
+/// instead of 1 (each rescan reads every page added so far). Counted in pages read,
+/// not seconds. The planning settings also end with the call.
+fn queueing_into_an_emptied_queue_reads_it_a_bounded_number_of_times() {
+    let mut db = fresh_database(cluster(), "plan_emptied");
+    destination(&mut db, "d");
+    db.batch_execute(
+        "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 50000) g;
+         SELECT vitally.create_sync('s', 'd', 'account', 'upsert', 'SELECT id FROM t');
+         SELECT vitally.sync('s');",
+    )
+    .unwrap();
+    db.batch_execute("SELECT vitally.reset('s'); DELETE FROM vitally.record;").unwrap();
+    db.batch_execute("VACUUM vitally.record").unwrap();
+    let read = |db: &mut Client| -> i64 {
+        db.batch_execute("SELECT pg_stat_clear_snapshot()").unwrap();
+        scalar(db, "SELECT heap_blks_read + heap_blks_hit FROM pg_statio_all_tables WHERE relid = 'vitally.record'::regclass")
+    };
+    let mut observer = cluster().admin("plan_emptied");
+    let before = read(&mut observer);
+    let settings: (String, String) = {
+        db.batch_execute("SELECT pg_stat_force_next_flush(); BEGIN; SELECT vitally.sync('s');").unwrap();
+        let r = db.query_one("SELECT current_setting('work_mem'), current_setting('enable_nestloop')", &[]).unwrap();
+        db.batch_execute("COMMIT").unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(settings, ("4MB".to_string(), "on".to_string()), "the caller's transaction keeps its own settings");
+    let pages = eventually("the sync's I/O figures", Duration::from_secs(30), || {
+        let after = read(&mut observer);
+        (after > before).then_some(after - before)
+    });
+    assert_eq!(scalar::<i64>(&mut db, "SELECT count(*) FROM vitally.record WHERE status = 'pending'"), 50_000);
+    assert!(pages < 500_000, "queueing 50,000 records read the queue's pages {pages} times");
 }
