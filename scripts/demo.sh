@@ -50,14 +50,17 @@ cat >> "$DEMO_DIR/data/postgresql.conf" <<CONF
 port = $PORT
 listen_addresses = ''
 unix_socket_directories = '$DEMO_DIR'
-shared_preload_libraries = 'vitally_sync'
+shared_preload_libraries = 'vitally_sync, pg_cron'
 vitally.database = 'app'
+cron.database_name = 'app'
+cron.use_background_workers = on
 CONF
 as_postgres "$BIN/pg_ctl" -D "$DEMO_DIR/data" -l "$DEMO_DIR/server.log" -w start >/dev/null
 psql_demo -d postgres -c "CREATE DATABASE app"
 
 psql_demo -d app <<SQL
 CREATE EXTENSION vitally_sync;
+CREATE EXTENSION pg_cron;
 
 -- A small B2B SaaS product's data.
 CREATE TABLE organizations (id text PRIMARY KEY, name text, industry text);
@@ -132,6 +135,10 @@ run=$(psql_demo -d app -Atc "SELECT vitally.sync('accounts')")
 psql_demo -d app -Atc "SELECT vitally.wait($run, timeout => '60 seconds')" >/dev/null
 psql_demo -d app -c "SELECT id AS run, sync_name, status, rows_read, records_queued, records_unchanged, records_delivered
                        FROM vitally.sync_runs WHERE id = $run"
+
+echo "== run it every 15 minutes from now on (pg_cron), and what an operator watches =="
+psql_demo -d app -c "SELECT vitally.schedule('accounts', '*/15 * * * *') AS cron_job"
+psql_demo -d app -c "SELECT * FROM vitally.metrics"
 
 echo "== what the emulator received =="
 python3 - "$EMULATOR_PORT" <<'PY'

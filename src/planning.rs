@@ -179,8 +179,8 @@ pub enum Pass {
 /// how many rows the query gave.
 ///
 /// Phase one runs the query as the sync's owner into `STAGE`: key, hash of the
-/// mapped values, the values. Phase two, as the extension's owner, finds the keys
-/// that repeat, compares hashes with what was delivered, and makes records (JSON,
+/// mapped values, the values. Phase two, as the extension's owner, compares hashes
+/// with what was delivered, finds the keys that repeat, and makes records (JSON,
 /// checks) of the rows that need sending only: most rows of most runs are unchanged.
 pub fn stage(sync: &SyncRow, prepared: &Prepared, pass: Pass, progress: &mut Progress) -> i64 {
     single_statement(&sync.name, &wrapped(&sync.query, ""));
@@ -200,35 +200,53 @@ pub fn stage(sync: &SyncRow, prepared: &Prepared, pass: Pass, progress: &mut Pro
         })
     });
     progress.phase(|| format!("ran the query: {rows} rows"));
-    let filter = match pass {
-        Pass::Preview { .. } => "true".to_string(),
-        Pass::Run { full_resync: true } => "true".to_string(),
+    let statements = match pass {
+        // Every row: repeated keys are counted over all of them.
+        Pass::Preview { .. } | Pass::Run { full_resync: true } => {
+            let source = format!("SELECT s.*, coalesce(x.n, 1) AS dups FROM {STAGE} s LEFT JOIN {DUPS} x ON x.sync_key = s.sync_key");
+            format!(
+                "CREATE TEMP TABLE vitally_dups ON COMMIT DROP AS
+                     SELECT sync_key, pg_catalog.count(*) AS n FROM {STAGE}
+                      WHERE sync_key IS NOT NULL GROUP BY sync_key HAVING pg_catalog.count(*) > 1;
+                 CREATE TEMP TABLE vitally_records ON COMMIT DROP AS {records};",
+                records = prepared.plan.records_sql(&source, &prepared.options)
+            )
+        }
+        // Rows that changed since their delivery (or have no key), then repeated keys
+        // among those only: a row identical to what was delivered sends nothing whether
+        // its key repeats or not, and counting every key of a large query cost more
+        // than the comparison itself. A repeated key's unchanged rows become invalid
+        // records too, with the changed ones.
         Pass::Run { full_resync: false } => {
             let changed = match prepared.behavior {
                 Behavior::Append => "d.sync_key IS NULL",
                 _ => "d.payload_hash IS DISTINCT FROM s.hash",
             };
-            format!("s.sync_key IS NULL OR x.n IS NOT NULL OR {changed}")
+            let source = format!(
+                "SELECT c.*, coalesce(x.n, 1) AS dups FROM {CHANGED} c LEFT JOIN {DUPS} x ON x.sync_key = c.sync_key
+                 UNION ALL
+                 SELECT s.*, x.n FROM {STAGE} s JOIN {DUPS} x ON x.sync_key = s.sync_key
+                  WHERE NOT EXISTS (SELECT FROM {CHANGED} c WHERE c.sync_key = s.sync_key AND c.hash = s.hash)"
+            );
+            format!(
+                "CREATE TEMP TABLE vitally_changed ON COMMIT DROP AS
+                     SELECT s.* FROM {STAGE} s
+                       LEFT JOIN vitally.delivery_state d ON d.sync_id = {id} AND d.sync_key = s.sync_key
+                      WHERE s.sync_key IS NULL OR {changed};
+                 ANALYZE {CHANGED};
+                 CREATE TEMP TABLE vitally_dups ON COMMIT DROP AS
+                     SELECT s.sync_key, pg_catalog.count(*) AS n FROM {STAGE} s
+                      WHERE s.sync_key IN (SELECT c.sync_key FROM {CHANGED} c)
+                      GROUP BY s.sync_key HAVING pg_catalog.count(*) > 1;
+                 CREATE TEMP TABLE vitally_records ON COMMIT DROP AS {records};",
+                id = sync.id,
+                records = prepared.plan.records_sql(&source, &prepared.options)
+            )
         }
     };
-    let source = format!(
-        "SELECT s.*, coalesce(x.n, 1) AS dups FROM {STAGE} s
-           LEFT JOIN {DUPS} x ON x.sync_key = s.sync_key
-           LEFT JOIN vitally.delivery_state d ON d.sync_id = {id} AND d.sync_key = s.sync_key
-          WHERE {filter}",
-        id = sync.id
-    );
-    let records = prepared.plan.records_sql(&source, &prepared.options);
     crate::elevation::as_extension_owner(|| {
-        with_settings(PLANNING_SETTINGS, || Spi::run(&format!(
-            "ANALYZE {STAGE};
-             CREATE TEMP TABLE vitally_dups ON COMMIT DROP AS
-                 SELECT sync_key, pg_catalog.count(*) AS n FROM {STAGE}
-                  WHERE sync_key IS NOT NULL GROUP BY sync_key HAVING pg_catalog.count(*) > 1;
-             CREATE TEMP TABLE vitally_records ON COMMIT DROP AS {records};
-             ANALYZE {RECORDS};"
-        )))
-        .unwrap_or_else(|e| crate::catalog::internal(e));
+        with_settings(PLANNING_SETTINGS, || Spi::run(&format!("ANALYZE {STAGE}; {statements} ANALYZE {RECORDS};")))
+            .unwrap_or_else(|e| crate::catalog::internal(e));
     });
     progress.phase(|| {
         let count = || Spi::get_one::<i64>(&format!("SELECT pg_catalog.count(*) FROM {RECORDS}")).ok().flatten().unwrap_or(0);
@@ -238,13 +256,15 @@ pub fn stage(sync: &SyncRow, prepared: &Prepared, pass: Pass, progress: &mut Pro
     rows
 }
 
-/// The temporary tables of a planning pass: the query's rows, the repeated keys, the records.
+/// The temporary tables of a planning pass: the query's rows, those that changed, the
+/// repeated keys, the records.
+pub const CHANGED: &str = "pg_temp.vitally_changed";
 pub const DUPS: &str = "pg_temp.vitally_dups";
 pub const RECORDS: &str = "pg_temp.vitally_records";
 
 pub fn drop_stage() {
     crate::elevation::as_extension_owner(|| {
-        for table in [STAGE, DUPS, RECORDS] {
+        for table in [STAGE, CHANGED, DUPS, RECORDS] {
             // Looked up first: DROP ... IF EXISTS would tell the user about it in a NOTICE.
             let exists = Spi::get_one::<bool>(&format!("SELECT pg_catalog.to_regclass('{table}') IS NOT NULL")).ok().flatten().unwrap_or(false);
             if exists {

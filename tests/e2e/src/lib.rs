@@ -256,6 +256,11 @@ pub fn scalar<T: for<'a> postgres::types::FromSql<'a>>(db: &mut Client, sql: &st
     db.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
 }
 
+/// How many records a run queued.
+pub fn records_queued(db: &mut Client, run: i64) -> i64 {
+    scalar(db, &format!("SELECT records_queued FROM vitally.sync_runs WHERE id = {run}"))
+}
+
 /// Marks a sync's pending records delivered and records their delivery state, as the
 /// worker does after Vitally accepts them (for tests of planning alone). Superuser only.
 pub fn deliver_by_hand(db: &mut Client, sync: &str) -> u64 {

@@ -1,7 +1,7 @@
 //! Sync definitions: every object and behavior, and every way to define one wrong.
 
 use crate::cluster;
-use vitally_e2e::{destination, fresh_database, scalar, sql_error};
+use vitally_e2e::{destination, fresh_database, records_queued, scalar, sql_error};
 
 crate::trials!("04_syncs":
     every_object_and_behavior_can_be_defined,
@@ -112,7 +112,7 @@ fn alter_changes_only_what_is_given_and_checks_again() {
     // Another destination is another workspace: everything is sent again.
     db.batch_execute("SELECT vitally.alter_sync('s', destination => 'd2')").unwrap();
     let run: i64 = scalar(&mut db, "SELECT vitally.sync('s')");
-    let queued: i64 = scalar(&mut db, &format!("SELECT records_queued FROM vitally.sync_runs WHERE id = {run}"));
+    let queued: i64 = records_queued(&mut db, run);
     assert_eq!(queued, 2);
 }
 

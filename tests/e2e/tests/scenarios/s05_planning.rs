@@ -10,6 +10,7 @@ crate::trials!("05_planning":
     users_accounts_come_from_an_array_a_json_array_or_one_id,
     mappings_send_only_the_mapped_columns_and_skip_nulls_drops_nulls,
     a_bad_row_is_recorded_invalid_and_never_blocks_the_others,
+    a_key_that_starts_repeating_after_delivery,
     only_changed_or_failed_records_are_queued,
     a_newer_change_replaces_the_pending_one,
     an_event_is_queued_once_ever,
@@ -171,6 +172,38 @@ fn a_bad_row_is_recorded_invalid_and_never_blocks_the_others() {
     );
     let pending: i64 = scalar(&mut db, "SELECT count(*) FROM vitally.records WHERE status = 'pending'");
     assert_eq!(pending, 4, "ok1, ok2, event 1, response 1");
+}
+
+/// A repeat identical to what was delivered sends nothing (as it would without the
+/// repeat); a repeat that differs makes every row of its key invalid, the unchanged one too.
+fn a_key_that_starts_repeating_after_delivery() {
+    let mut db = fresh_database(cluster(), "plan_repeat");
+    destination(&mut db, "d");
+    db.batch_execute(
+        "CREATE TABLE t (id text, v int); INSERT INTO t VALUES ('a', 1), ('b', 2);
+         SELECT vitally.create_sync('s', 'd', 'account', 'upsert', 'SELECT * FROM t');",
+    )
+    .unwrap();
+    let run: i64 = scalar(&mut db, "SELECT vitally.sync('s')");
+    assert_eq!(run_figures(&mut db, run), (2, 2, 0, 0));
+    deliver_by_hand(&mut db, "s");
+    db.batch_execute("INSERT INTO t VALUES ('a', 1)").unwrap();
+    let run: i64 = scalar(&mut db, "SELECT vitally.sync('s')");
+    assert_eq!(run_figures(&mut db, run), (3, 0, 3, 0), "an identical repeat of a delivered row sends nothing");
+    db.batch_execute("INSERT INTO t VALUES ('b', 3)").unwrap();
+    let run: i64 = scalar(&mut db, "SELECT vitally.sync('s')");
+    assert_eq!(run_figures(&mut db, run), (4, 0, 2, 2));
+    let invalid: Vec<(String, String)> = db
+        .query(&format!("SELECT sync_key, error FROM vitally.records WHERE run_id = {run} ORDER BY payload->'traits'->>'v'"), &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let why = "sync key 'b' appears 2 times in the query's result: none of its rows is sent".to_string();
+    assert_eq!(invalid, [("b".to_string(), why.clone()), ("b".to_string(), why)]);
+    // full_resync counts every key: the identical repeat of 'a' is refused there.
+    let run: i64 = scalar(&mut db, "SELECT vitally.sync('s', full_resync => true)");
+    assert_eq!(run_figures(&mut db, run), (4, 0, 0, 4));
 }
 
 fn only_changed_or_failed_records_are_queued() {

@@ -2,7 +2,7 @@
 //! backups.
 
 use crate::{cluster, APP_DB};
-use vitally_e2e::{deliver_by_hand, Cluster};
+use vitally_e2e::{deliver_by_hand, records_queued, Cluster};
 use std::time::Duration;
 use vitally_e2e::{
     destination, emulator, emulator_destination, eventually, fresh_database, scalar, sql_error, sync_and_wait, Client, Faults,
@@ -268,7 +268,7 @@ fn retention_removes_old_history_and_keeps_failed_and_pending_records() {
     // The delivery state is not history: nothing is sent again.
     db.batch_execute("UPDATE op_ret SET v = v").unwrap();
     let run: i64 = scalar(&mut db, "SELECT vitally.sync('op_ret_s')");
-    assert_eq!(scalar::<i64>(&mut db, &format!("SELECT records_queued FROM vitally.sync_run WHERE id = {run}")), 2, "only the two failed");
+    assert_eq!(records_queued(&mut db, run), 2, "only the two failed");
     db.batch_execute("SELECT vitally.drop_sync('op_ret_s'); SELECT vitally.drop_sync('op_ret_pending')").unwrap();
 }
 

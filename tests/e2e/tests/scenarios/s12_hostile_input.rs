@@ -3,7 +3,7 @@
 
 use crate::{cluster, APP_DB};
 use std::time::Duration;
-use vitally_e2e::{destination, emulator, emulator_destination, eventually, fresh_database, scalar, sql_error, sync_and_wait, Faults};
+use vitally_e2e::{destination, emulator, emulator_destination, eventually, fresh_database, records_queued, scalar, sql_error, sync_and_wait, Faults};
 
 crate::trials!("12_hostile_input":
     unusual_postgres_types_become_exact_json,
@@ -79,7 +79,7 @@ fn keys_with_quotes_and_unicode_arrive_as_they_are() {
     let shown: i64 = db.query_one("SELECT count(*) FROM vitally.records WHERE sync_key = ANY($1)", &[&&keys[..]]).unwrap().get(0);
     assert_eq!(shown, 2 * keys.len() as i64);
     let run: i64 = scalar(&mut db, "SELECT vitally.sync('it''s events')");
-    assert_eq!(scalar::<i64>(&mut db, &format!("SELECT records_queued FROM vitally.sync_runs WHERE id = {run}")), 0);
+    assert_eq!(records_queued(&mut db, run), 0);
 }
 
 fn a_query_that_fails_half_way_queues_nothing_and_blocks_no_other_sync() {
@@ -96,7 +96,7 @@ fn a_query_that_fails_half_way_queues_nothing_and_blocks_no_other_sync() {
     assert_eq!(scalar::<i64>(&mut db, "SELECT count(*) FROM vitally.sync_runs"), 0, "no run, no record");
     assert_eq!(scalar::<i64>(&mut db, "SELECT count(*) FROM vitally.records"), 0);
     let run: i64 = scalar(&mut db, "SELECT vitally.sync('works')");
-    assert_eq!(scalar::<i64>(&mut db, &format!("SELECT records_queued FROM vitally.sync_runs WHERE id = {run}")), 1000);
+    assert_eq!(records_queued(&mut db, run), 1000);
 }
 
 fn a_query_that_changes_data_is_refused_or_runs_only_in_the_callers_transaction() {
