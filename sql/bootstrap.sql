@@ -121,10 +121,6 @@ CREATE TABLE vitally.delivery_state (
     PRIMARY KEY (sync_id, sync_key)
 );
 
--- Retention finds old records by when they were queued: a BRIN index is tiny and cheap to
--- keep, and ids (so blocks) follow queueing time.
-CREATE INDEX record_queued_at ON vitally.record USING brin (queued_at);
-
 -- What Vitally answered, per destination and minute: vitally.metrics reads it instead of
 -- counting records. Kept as long as records (at least a day).
 CREATE TABLE vitally.delivery_stats (

@@ -21,8 +21,6 @@ REVOKE ALL ON FUNCTION vitally.schedule(text, text), vitally.unschedule(text) FR
 GRANT EXECUTE ON FUNCTION vitally.schedule(text, text), vitally.unschedule(text) TO vitally_user;
 
 -- Retention and monitoring.
-CREATE INDEX record_queued_at ON vitally.record USING brin (queued_at);
-
 CREATE TABLE vitally.delivery_stats (
     destination_id bigint NOT NULL,
     minute         timestamptz NOT NULL,

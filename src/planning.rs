@@ -200,49 +200,53 @@ pub fn stage(sync: &SyncRow, prepared: &Prepared, pass: Pass, progress: &mut Pro
         })
     });
     progress.phase(|| format!("ran the query: {rows} rows"));
-    let statements = match pass {
-        // Every row: repeated keys are counted over all of them.
-        Pass::Preview { .. } | Pass::Run { full_resync: true } => {
-            let source = format!("SELECT s.*, coalesce(x.n, 1) AS dups FROM {STAGE} s LEFT JOIN {DUPS} x ON x.sync_key = s.sync_key");
-            format!(
-                "CREATE TEMP TABLE vitally_dups ON COMMIT DROP AS
-                     SELECT sync_key, pg_catalog.count(*) AS n FROM {STAGE}
-                      WHERE sync_key IS NOT NULL GROUP BY sync_key HAVING pg_catalog.count(*) > 1;
-                 CREATE TEMP TABLE vitally_records ON COMMIT DROP AS {records};",
-                records = prepared.plan.records_sql(&source, &prepared.options)
-            )
-        }
+    // Whether some rows may be unchanged: not on a sync's first run (or after a reset).
+    let compare = matches!(pass, Pass::Run { full_resync: false })
+        && crate::elevation::as_extension_owner(|| {
+            Spi::get_one_with_args::<bool>("SELECT EXISTS (SELECT FROM vitally.delivery_state WHERE sync_id = $1)", &[sync.id.into()])
+                .unwrap_or_else(|e| crate::catalog::internal(e))
+                .unwrap_or(false)
+        });
+    let statements = if compare {
         // Rows that changed since their delivery (or have no key), then repeated keys
         // among those only: a row identical to what was delivered sends nothing whether
         // its key repeats or not, and counting every key of a large query cost more
         // than the comparison itself. A repeated key's unchanged rows become invalid
         // records too, with the changed ones.
-        Pass::Run { full_resync: false } => {
-            let changed = match prepared.behavior {
-                Behavior::Append => "d.sync_key IS NULL",
-                _ => "d.payload_hash IS DISTINCT FROM s.hash",
-            };
-            let source = format!(
-                "SELECT c.*, coalesce(x.n, 1) AS dups FROM {CHANGED} c LEFT JOIN {DUPS} x ON x.sync_key = c.sync_key
-                 UNION ALL
-                 SELECT s.*, x.n FROM {STAGE} s JOIN {DUPS} x ON x.sync_key = s.sync_key
-                  WHERE NOT EXISTS (SELECT FROM {CHANGED} c WHERE c.sync_key = s.sync_key AND c.hash = s.hash)"
-            );
-            format!(
-                "CREATE TEMP TABLE vitally_changed ON COMMIT DROP AS
-                     SELECT s.* FROM {STAGE} s
-                       LEFT JOIN vitally.delivery_state d ON d.sync_id = {id} AND d.sync_key = s.sync_key
-                      WHERE s.sync_key IS NULL OR {changed};
-                 ANALYZE {CHANGED};
-                 CREATE TEMP TABLE vitally_dups ON COMMIT DROP AS
-                     SELECT s.sync_key, pg_catalog.count(*) AS n FROM {STAGE} s
-                      WHERE s.sync_key IN (SELECT c.sync_key FROM {CHANGED} c)
-                      GROUP BY s.sync_key HAVING pg_catalog.count(*) > 1;
-                 CREATE TEMP TABLE vitally_records ON COMMIT DROP AS {records};",
-                id = sync.id,
-                records = prepared.plan.records_sql(&source, &prepared.options)
-            )
-        }
+        let changed = match prepared.behavior {
+            Behavior::Append => "d.sync_key IS NULL",
+            _ => "d.payload_hash IS DISTINCT FROM s.hash",
+        };
+        let source = format!(
+            "SELECT c.*, coalesce(x.n, 1) AS dups FROM {CHANGED} c LEFT JOIN {DUPS} x ON x.sync_key = c.sync_key
+             UNION ALL
+             SELECT s.*, x.n FROM {STAGE} s JOIN {DUPS} x ON x.sync_key = s.sync_key
+              WHERE NOT EXISTS (SELECT FROM {CHANGED} c WHERE c.sync_key = s.sync_key AND c.hash = s.hash)"
+        );
+        format!(
+            "CREATE TEMP TABLE vitally_changed ON COMMIT DROP AS
+                 SELECT s.* FROM {STAGE} s
+                   LEFT JOIN vitally.delivery_state d ON d.sync_id = {id} AND d.sync_key = s.sync_key
+                  WHERE s.sync_key IS NULL OR {changed};
+             ANALYZE {CHANGED};
+             CREATE TEMP TABLE vitally_dups ON COMMIT DROP AS
+                 SELECT s.sync_key, pg_catalog.count(*) AS n FROM {STAGE} s
+                  WHERE s.sync_key IN (SELECT c.sync_key FROM {CHANGED} c)
+                  GROUP BY s.sync_key HAVING pg_catalog.count(*) > 1;
+             CREATE TEMP TABLE vitally_records ON COMMIT DROP AS {records};",
+            id = sync.id,
+            records = prepared.plan.records_sql(&source, &prepared.options)
+        )
+    } else {
+        // Every row (a first run, full_resync, preview): repeated keys counted over all.
+        let source = format!("SELECT s.*, coalesce(x.n, 1) AS dups FROM {STAGE} s LEFT JOIN {DUPS} x ON x.sync_key = s.sync_key");
+        format!(
+            "CREATE TEMP TABLE vitally_dups ON COMMIT DROP AS
+                 SELECT sync_key, pg_catalog.count(*) AS n FROM {STAGE}
+                  WHERE sync_key IS NOT NULL GROUP BY sync_key HAVING pg_catalog.count(*) > 1;
+             CREATE TEMP TABLE vitally_records ON COMMIT DROP AS {records};",
+            records = prepared.plan.records_sql(&source, &prepared.options)
+        )
     };
     crate::elevation::as_extension_owner(|| {
         with_settings(PLANNING_SETTINGS, || Spi::run(&format!("ANALYZE {STAGE}; {statements} ANALYZE {RECORDS};")))

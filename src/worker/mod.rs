@@ -34,8 +34,10 @@ const BUSY_TICK: Duration = Duration::from_millis(20);
 /// Jobs in flight per destination API: a second one is claimed and ready while the
 /// first is sent, so database work and HTTP overlap.
 const JOBS_PER_API: usize = 2;
-/// How often the worker looks for records and runs past their retention.
+/// How often the worker looks for records and runs past their retention when idle.
 const PRUNE_EVERY: Duration = Duration::from_secs(10);
+/// ... and while jobs are in flight: HTTP does not advance while a prune runs.
+const PRUNE_EVERY_BUSY: Duration = Duration::from_secs(600);
 /// How long in-flight jobs may finish after SIGTERM before their records are released.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
@@ -152,6 +154,7 @@ struct Worker {
     /// Whether the extension is installed, as last seen (None: not looked yet).
     installed: Option<bool>,
     next_prune: Instant,
+    last_prune: Instant,
 }
 
 impl Worker {
@@ -189,10 +192,12 @@ impl Worker {
             queue::record_outcomes(std::mem::take(&mut self.finished), &self.settings.retry);
         }
 
-        if Instant::now() >= self.next_prune {
+        let prune_at = if self.in_flight.is_empty() { self.next_prune } else { self.next_prune.max(self.last_prune + PRUNE_EVERY_BUSY) };
+        if Instant::now() >= prune_at {
             // Something went: there may be more, so another batch on the next round.
             let removed = retention::prune(self.settings.retention_minutes);
-            self.next_prune = Instant::now() + if removed > 0 { Duration::ZERO } else { PRUNE_EVERY };
+            self.last_prune = Instant::now();
+            self.next_prune = self.last_prune + if removed > 0 { Duration::ZERO } else { PRUNE_EVERY };
         }
 
         let mut per_key: HashMap<&queue::JobKey, usize> = HashMap::new();
@@ -257,6 +262,7 @@ pub extern "C-unwind" fn vitally_sync_worker_main(_arg: pg_sys::Datum) {
         finished: Vec::new(),
         installed: None,
         next_prune: Instant::now(),
+        last_prune: Instant::now(),
     };
 
     loop {
