@@ -13,12 +13,11 @@ mod retention;
 
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
 use pgrx::prelude::*;
-use pgrx::{pg_shmem_init, PgAtomic};
+use pgrx::{pg_shmem_init, PgAtomic, PgTryBuilder};
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
-use pgrx::PgTryBuilder;
-use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 use vitally_client::delivery::deliver;
 use vitally_client::{ClientConfig, RetryPolicy, VitallyClient};
