@@ -28,27 +28,20 @@ fn failed(e: pgrx::spi::SpiError) -> ! {
 /// (a pending record replaced later keeps its id), the bound only comes out lower, and
 /// what lies beyond it waits for a later pass.
 fn first_recent_id(retention_minutes: i32) -> i64 {
-    let one = |sql: &str, args: &[pgrx::datum::DatumWithOid]| -> Option<(i64, bool)> {
-        Spi::connect(|client| {
-            let row = client.select(sql, Some(1), args).unwrap_or_else(|e| failed(e));
-            if row.is_empty() {
-                return None;
-            }
-            let row = row.first();
-            Some((row.get::<i64>(1).ok().flatten()?, row.get::<bool>(2).ok().flatten()?))
-        })
+    let (Some(mut lo), Some(mut hi)) =
+        Spi::get_two::<i64, i64>("SELECT pg_catalog.min(id), pg_catalog.max(id) + 1 FROM vitally.record").unwrap_or_else(|e| failed(e))
+    else {
+        return 0;
     };
-    let Some((mut lo, _)) = one("SELECT pg_catalog.min(id), true FROM vitally.record", &[]) else { return 0 };
-    let (last, _) = one("SELECT pg_catalog.max(id), true FROM vitally.record", &[]).unwrap_or((lo, true));
-    let mut hi = last + 1;
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
-        match one(
+        let next = Spi::get_two_with_args::<i64, bool>(
             "SELECT id, queued_at < pg_catalog.now() - pg_catalog.make_interval(mins => $2) FROM vitally.record
               WHERE id >= $1 ORDER BY id LIMIT 1",
             &[mid.into(), retention_minutes.into()],
-        ) {
-            Some((id, true)) => lo = id + 1,
+        );
+        match next {
+            Ok((Some(id), Some(true))) => lo = id + 1,
             _ => hi = mid,
         }
     }

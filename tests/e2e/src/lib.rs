@@ -134,11 +134,6 @@ impl Cluster {
         self.connect(db, "postgres")
     }
 
-    /// A superuser connection that keeps the NOTICEs it receives.
-    pub fn admin_with_notices(&self, db: &str) -> (Client, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
-        self.connect_with_notices(db, "postgres")
-    }
-
     /// A connection that keeps the NOTICEs and WARNINGs it receives.
     pub fn connect_with_notices(&self, db: &str, user: &str) -> (Client, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
         let notices = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));

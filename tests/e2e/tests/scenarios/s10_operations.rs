@@ -340,7 +340,7 @@ fn metrics_count_what_vitally_answered_per_destination() {
 fn a_long_sync_reports_progress_and_a_quick_one_is_quiet() {
     let mut admin = fresh_database(cluster(), "op_progress");
     destination(&mut admin, "d");
-    let (mut db, notices) = cluster().admin_with_notices("op_progress");
+    let (mut db, notices) = cluster().connect_with_notices("op_progress", "postgres");
     db.batch_execute(
         "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 3) g;
          SELECT vitally.create_sync('quick', 'd', 'account', 'upsert', 'SELECT id FROM t');
