@@ -6,10 +6,20 @@ REVOKE ALL ON SCHEMA vitally FROM PUBLIC;
 
 -- One role to grant: GRANT vitally_user TO alice; lets alice use the extension.
 -- Roles are cluster-wide, so another database's install may have made it already.
+-- A vitally_user that can log in, or has attributes or memberships of its own, was not
+-- made by us: granting it would hand those to every user of the extension.
 DO $$
+DECLARE
+    r pg_catalog.pg_roles;
 BEGIN
-    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'vitally_user') THEN
+    SELECT * INTO r FROM pg_catalog.pg_roles WHERE rolname = 'vitally_user';
+    IF NOT FOUND THEN
         CREATE ROLE vitally_user NOLOGIN;
+    ELSIF r.rolcanlogin OR r.rolsuper OR r.rolcreaterole OR r.rolcreatedb OR r.rolreplication OR r.rolbypassrls
+          OR EXISTS (SELECT FROM pg_catalog.pg_auth_members m WHERE m.member = r.oid) THEN
+        RAISE EXCEPTION 'role vitally_user already exists and can log in, has attributes or is a member of other roles'
+            USING ERRCODE = '42710',
+                  HINT = 'vitally_sync grants this role to its users; drop or rename the existing role (ALTER ROLE vitally_user RENAME TO ...) and create the extension again.';
     END IF;
 END
 $$;

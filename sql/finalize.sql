@@ -131,11 +131,54 @@ SELECT d.name AS destination,
                       WHERE x.destination_id = d.id AND x.minute >= pg_catalog.now() - interval '1 hour') st ON true
  WHERE pg_catalog.pg_has_role(d.owner, 'USAGE') OR pg_catalog.pg_has_role('pg_monitor', 'USAGE');
 
-REVOKE ALL ON ALL FUNCTIONS IN SCHEMA vitally FROM PUBLIC;
+-- Whatever ALTER DEFAULT PRIVILEGES said before CREATE EXTENSION (for the installing role
+-- or for all roles), no role but the owner keeps a privilege on any object of the
+-- extension; the documented grants follow.
+DO $$
+DECLARE
+    ext oid := (SELECT e.oid FROM pg_catalog.pg_extension e WHERE e.extname = 'vitally_sync');
+    obj record;
+    who oid;
+BEGIN
+    FOR obj IN
+        SELECT CASE c.relkind WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END AS kind,
+               pg_catalog.format('%I.%I', n.nspname, c.relname) AS name,
+               coalesce(c.relacl, pg_catalog.acldefault(CASE c.relkind WHEN 'S' THEN 's' ELSE 'r' END::"char", c.relowner)) AS acl,
+               c.relowner AS owner
+          FROM pg_catalog.pg_depend d
+          JOIN pg_catalog.pg_class c ON c.oid = d.objid
+          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+         WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid = ext AND d.deptype = 'e'
+        UNION ALL
+        SELECT 'FUNCTION', pg_catalog.format('%I.%I(%s)', n.nspname, p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid)),
+               coalesce(p.proacl, pg_catalog.acldefault('f', p.proowner)), p.proowner
+          FROM pg_catalog.pg_depend d
+          JOIN pg_catalog.pg_proc p ON p.oid = d.objid
+          JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+         WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.refobjid = ext AND d.deptype = 'e'
+        UNION ALL
+        SELECT 'SCHEMA', pg_catalog.quote_ident(n.nspname), coalesce(n.nspacl, pg_catalog.acldefault('n', n.nspowner)), n.nspowner
+          FROM pg_catalog.pg_depend d
+          JOIN pg_catalog.pg_namespace n ON n.oid = d.objid
+         WHERE d.classid = 'pg_catalog.pg_namespace'::pg_catalog.regclass AND d.refobjid = ext AND d.deptype = 'e'
+        UNION ALL
+        SELECT 'TYPE', pg_catalog.format('%I.%I', n.nspname, t.typname), coalesce(t.typacl, pg_catalog.acldefault('T', t.typowner)), t.typowner
+          FROM pg_catalog.pg_depend d
+          JOIN pg_catalog.pg_type t ON t.oid = d.objid
+          JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+         WHERE d.classid = 'pg_catalog.pg_type'::pg_catalog.regclass AND d.refobjid = ext AND d.deptype = 'e'
+    LOOP
+        FOR who IN SELECT DISTINCT a.grantee FROM pg_catalog.aclexplode(obj.acl) a WHERE a.grantee <> obj.owner LOOP
+            EXECUTE pg_catalog.format('REVOKE ALL ON %s %s FROM %s', obj.kind, obj.name,
+                                      CASE WHEN who = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(who)) END);
+        END LOOP;
+    END LOOP;
+END
+$$;
+
+-- The documented grants, and nothing else.
+GRANT USAGE ON SCHEMA vitally TO vitally_user, pg_monitor;
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA vitally TO vitally_user;
-REVOKE ALL ON vitally.destinations, vitally.syncs, vitally.sync_runs, vitally.records, vitally.sync_status FROM PUBLIC;
 GRANT SELECT ON vitally.destinations, vitally.syncs, vitally.sync_runs, vitally.records, vitally.sync_status TO vitally_user;
-REVOKE ALL ON vitally.metrics FROM PUBLIC;
 GRANT SELECT ON vitally.metrics TO vitally_user, pg_monitor;
-GRANT USAGE ON SCHEMA vitally TO pg_monitor;
 GRANT EXECUTE ON FUNCTION vitally.worker_pid() TO pg_monitor;

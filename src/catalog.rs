@@ -118,12 +118,14 @@ pub fn delete_syncs(client: &mut SpiClient<'_>, filter: &str, id: i64) {
 /// are read here only, as the extension's owner or in the worker, and never shown.
 pub struct Endpoints {
     pub name: String,
-    pub analytics: Option<vitally_client::Endpoint>,
-    pub rest: Option<vitally_client::Endpoint>,
+    /// Each API with a key: its endpoint, or why it may not be used (a URL override
+    /// whose host `vitally.allowed_hosts` no longer names).
+    pub analytics: Option<Result<vitally_client::Endpoint, String>>,
+    pub rest: Option<Result<vitally_client::Endpoint, String>>,
 }
 
 pub fn endpoints(client: &SpiClient<'_>, destination_id: i64) -> Endpoints {
-    use vitally_client::destination::{base_url, Api, Region};
+    use vitally_client::destination::{base_url, check_allowed, Api, Region};
     use vitally_client::Endpoint;
     let row = client
         .select(
@@ -138,9 +140,19 @@ pub fn endpoints(client: &SpiClient<'_>, destination_id: i64) -> Endpoints {
     let text = |i: usize| row.get::<String>(i).ok().flatten();
     let region = Region::parse(&text(1).unwrap_or_default()).unwrap_or(Region::Us);
     let sub = text(2);
+    let allowed = crate::guc::allowed_hosts();
+    // The URL is checked again at each use: the setting may have changed since it was stored.
+    let url = |api: Api, column: usize| {
+        let over = text(column);
+        let url = base_url(api, region, sub.as_deref(), over.as_deref());
+        match over {
+            Some(_) => check_allowed(api, &url, &allowed).map(|_| url).map_err(|e| e.to_string()),
+            None => Ok(url),
+        }
+    };
     Endpoints {
         name: text(5).unwrap_or_default(),
-        analytics: text(6).map(|key| Endpoint::analytics(&base_url(Api::Analytics, region, sub.as_deref(), text(3).as_deref()), &key)),
-        rest: text(7).map(|token| Endpoint::rest(&base_url(Api::Rest, region, sub.as_deref(), text(4).as_deref()), &token)),
+        analytics: text(6).map(|key| url(Api::Analytics, 3).map(|u| Endpoint::analytics(&u, &key))),
+        rest: text(7).map(|token| url(Api::Rest, 4).map(|u| Endpoint::rest(&u, &token))),
     }
 }

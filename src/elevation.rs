@@ -1,15 +1,43 @@
-//! Running a few statements as the extension's owner, on behalf of a caller we know.
+//! Who our statements run as, and what a user can make them do.
 //!
 //! A `SECURITY DEFINER` function cannot tell who called it, and our functions must:
 //! every destination and sync belongs to a role. So the SQL functions run as the
 //! caller (who they are is `caller()`), and only the statements that touch the
-//! extension's tables switch to the owner, exactly as Postgres does for a
-//! `SECURITY DEFINER` function: user switched with `SECURITY_LOCAL_USERID_CHANGE`,
-//! `search_path` pinned to `pg_catalog, pg_temp`. An error inside aborts the
-//! (sub)transaction, which restores both.
+//! extension's tables switch to the owner, as Postgres does for a `SECURITY DEFINER`
+//! function. The owner is a superuser, so those statements are fixed text with every
+//! user value bound as a parameter, read only columns of built-in types, and run with
+//! every setting that changes how SQL is read pinned (`PINNED`).
+//!
+//! A sync's query, and our SQL that turns its values into JSON (which calls functions
+//! the owner of a type may choose: casts, output functions), run in `sandboxed`: as the
+//! sync's owner inside a security-restricted operation with a GUC nest level unwound
+//! afterwards, as Postgres runs maintenance as a table's owner, so that it can leave
+//! nothing behind in the caller's session (no setting, temporary table, prepared
+//! statement or role change). An error inside aborts the (sub)transaction, which
+//! restores user, context and settings.
 
 use pgrx::prelude::*;
 use std::ffi::CStr;
+
+/// The settings every statement of ours runs with: names resolve in `pg_catalog` first
+/// (temporary objects only where named `pg_temp.x`), and literals read the same whatever
+/// the session set (`standard_conforming_strings = off` makes `\'` end a literal).
+pub const PINNED: &[(&CStr, &CStr)] = &[
+    (c"search_path", c"pg_catalog, pg_temp"),
+    (c"standard_conforming_strings", c"on"),
+    (c"backslash_quote", c"off"),
+    (c"transform_null_equals", c"off"),
+    (c"array_nulls", c"on"),
+];
+
+/// How a sync's own query is read: as `PINNED`, but with the session's `search_path`
+/// (the query names its tables as its owner expects).
+const QUERY_SETTINGS: &[(&CStr, &CStr)] = &[
+    (c"standard_conforming_strings", c"on"),
+    (c"backslash_quote", c"off"),
+    (c"transform_null_equals", c"off"),
+    (c"array_nulls", c"on"),
+];
 
 /// The role calling the current SQL function.
 pub fn caller() -> pg_sys::Oid {
@@ -21,24 +49,41 @@ pub fn acts_as(role: pg_sys::Oid, owner: pg_sys::Oid) -> bool {
     unsafe { pg_sys::has_privs_of_role(role, owner) }
 }
 
+/// The extension's owner, found through the catalog cache: no SQL, so nothing the
+/// session has set can change what it means.
 fn extension_owner() -> pg_sys::Oid {
-    Spi::get_one::<pg_sys::Oid>("SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'vitally_sync'")
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| {
-            crate::errors::UserError::new(
-                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-                "extension vitally_sync is not installed in this database",
-            )
-            .hint("CREATE EXTENSION vitally_sync;")
-            .raise()
-        })
+    let owner = unsafe {
+        let ext = pg_sys::get_extension_oid(c"vitally_sync".as_ptr(), true);
+        if ext == pg_sys::InvalidOid {
+            pg_sys::InvalidOid
+        } else {
+            extension_owner_of(ext)
+        }
+    };
+    if owner == pg_sys::InvalidOid {
+        crate::errors::UserError::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "extension vitally_sync is not installed in this database",
+        )
+        .hint("CREATE EXTENSION vitally_sync;")
+        .raise()
+    }
+    owner
 }
 
-/// Runs `f` as the extension's owner with a safe `search_path`, then switches back.
+unsafe fn extension_owner_of(ext: pg_sys::Oid) -> pg_sys::Oid {
+    with_pinned(|| {
+        Spi::get_one_with_args::<pg_sys::Oid>("SELECT extowner FROM pg_catalog.pg_extension WHERE oid = $1", &[ext.into()])
+            .ok()
+            .flatten()
+            .unwrap_or(pg_sys::InvalidOid)
+    })
+}
+
+/// Runs `f` as the extension's owner with `PINNED` settings, then switches back.
 pub fn as_extension_owner<R>(f: impl FnOnce() -> R) -> R {
     let owner = extension_owner();
-    with_settings(&[(c"search_path", c"pg_catalog, pg_temp")], || unsafe {
+    with_pinned(|| unsafe {
         let mut saved_user = pg_sys::InvalidOid;
         let mut saved_context = 0;
         pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
@@ -49,42 +94,69 @@ pub fn as_extension_owner<R>(f: impl FnOnce() -> R) -> R {
     })
 }
 
+/// Runs `f` with `PINNED` settings, as the current user: for our statements that run as
+/// the caller.
+pub fn with_pinned<R>(f: impl FnOnce() -> R) -> R {
+    with_settings(PINNED, f)
+}
+
 /// Runs `f` with settings changed for its duration only, as a function's `SET` clause
 /// does (a `SET LOCAL` in our SQL would last until the caller's transaction ends).
+/// Whatever else changed settings inside is undone too.
 pub fn with_settings<R>(settings: &[(&CStr, &CStr)], f: impl FnOnce() -> R) -> R {
     unsafe {
         let nest = pg_sys::NewGUCNestLevel();
-        for (name, value) in settings {
-            pg_sys::set_config_option(
-                name.as_ptr(),
-                value.as_ptr(),
-                pg_sys::GucContext::PGC_USERSET,
-                pg_sys::GucSource::PGC_S_SESSION,
-                pg_sys::GucAction::GUC_ACTION_SAVE,
-                true,
-                0,
-                false,
-            );
-        }
+        set_all(settings);
         let result = f();
-        pg_sys::AtEOXact_GUC(true, nest);
+        pg_sys::AtEOXact_GUC(false, nest);
         result
     }
 }
 
-/// Runs `f` as `role`, when that is not already who we are: a sync's query runs as
-/// the sync's owner even when a superuser runs the sync, so that nobody's query ever
-/// gains privileges. `search_path` stays the session's, as the query expects it.
-pub fn as_role<R>(role: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
+unsafe fn set_all(settings: &[(&CStr, &CStr)]) {
+    for (name, value) in settings {
+        pg_sys::set_config_option(
+            name.as_ptr(),
+            value.as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+    }
+}
+
+/// What a sandboxed statement is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Sandboxed {
+    /// The sync's query (wrapped by us): it sees the session's `search_path`.
+    Query,
+    /// Our SQL over values of the query's types: `PINNED` settings.
+    Ours,
+}
+
+/// Runs `f` as `role` inside a security-restricted operation, as Postgres runs
+/// maintenance as a table's owner: the user's code it runs can create no temporary
+/// table or type, prepare nothing, change no role, and every setting it changes
+/// (`set_config(..., false)` too) is undone when `f` returns.
+pub fn sandboxed<R>(role: pg_sys::Oid, what: Sandboxed, f: impl FnOnce() -> R) -> R {
     unsafe {
         let mut saved_user = pg_sys::InvalidOid;
         let mut saved_context = 0;
         pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
-        if saved_user == role {
-            return f();
-        }
-        pg_sys::SetUserIdAndSecContext(role, saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
+        pg_sys::SetUserIdAndSecContext(
+            role,
+            saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32 | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
+        );
+        let nest = pg_sys::NewGUCNestLevel();
+        set_all(match what {
+            Sandboxed::Query => QUERY_SETTINGS,
+            Sandboxed::Ours => PINNED,
+        });
         let result = f();
+        pg_sys::AtEOXact_GUC(false, nest);
         pg_sys::SetUserIdAndSecContext(saved_user, saved_context);
         result
     }

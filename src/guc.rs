@@ -14,14 +14,27 @@ pub static REST_REQUESTS_PER_MINUTE: GucSetting<i32> = GucSetting::<i32>::new(90
 pub static RETRY_MIN_DELAY_MS: GucSetting<i32> = GucSetting::<i32>::new(1_000);
 pub static RETRY_MAX_DELAY_MS: GucSetting<i32> = GucSetting::<i32>::new(600_000);
 pub static RECORD_RETENTION_MIN: GucSetting<i32> = GucSetting::<i32>::new(14 * 24 * 60);
+pub static ALLOWED_HOSTS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"*.vitally.io, *.vitally-eu.io"));
 
+/// Registers the settings. Postmaster-only ones exist only when the library is
+/// preloaded: Postgres refuses to create them later, and kills the session that tries.
 pub fn register() {
+    if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
+        GucRegistry::define_string_guc(
+            c"vitally.database",
+            c"The database whose queued records the vitally_sync worker delivers.",
+            c"Create the extension in this database. Changing it needs a server restart.",
+            &DATABASE,
+            GucContext::Postmaster,
+            GucFlags::default(),
+        );
+    }
     GucRegistry::define_string_guc(
-        c"vitally.database",
-        c"The database whose queued records the vitally_sync worker delivers.",
-        c"Create the extension in this database. Changing it needs a server restart.",
-        &DATABASE,
-        GucContext::Postmaster,
+        c"vitally.allowed_hosts",
+        c"Hosts a destination's URL override may name (comma-separated; *.example.com for any host under it).",
+        c"Only superusers can change it; by default only Vitally's own hosts. Plain http is accepted for loopback hosts only.",
+        &ALLOWED_HOSTS,
+        GucContext::Suset,
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(
@@ -104,6 +117,12 @@ pub fn register() {
         GucContext::Sighup,
         GucFlags::UNIT_MIN,
     );
+}
+
+/// The hosts a URL override may name, as the setting says now.
+pub fn allowed_hosts() -> vitally_client::destination::AllowedHosts {
+    let list = ALLOWED_HOSTS.get().and_then(|s| s.into_string().ok()).unwrap_or_default();
+    vitally_client::destination::AllowedHosts::parse(&list)
 }
 
 /// The database name the worker connects to.

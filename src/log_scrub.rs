@@ -1,63 +1,121 @@
 //! Keeps API keys out of the server log and out of `pg_stat_activity`.
 //!
 //! Our own messages never contain a key, but Postgres itself logs statement text:
-//! the `STATEMENT:` line after an error (`log_min_error_statement`, on by default)
-//! and `log_statement = 'all'`. A statement that passes a key to
-//! `create_destination` or `alter_destination` would put it in the log. This hook
-//! hides such statements. It sees every message only when the library is preloaded
-//! (`shared_preload_libraries`), which the README asks for.
+//! the `STATEMENT:` line after an error (`log_min_error_statement`, on by default),
+//! `log_statement = 'all'` (with a prepared statement's text in its DETAIL), and the
+//! CONTEXT line of a message raised inside dynamic SQL (`EXECUTE format(...)` in a `DO`
+//! block or a wrapper function). This hook hides statements that may carry a key, and
+//! drops DETAIL and CONTEXT of every message raised while a function that takes keys is
+//! running. It sees every message only when the library is preloaded
+//! (`shared_preload_libraries`); the functions that take keys refuse to run otherwise.
 
 use pgrx::prelude::*;
 use std::ffi::CStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 static mut PREVIOUS_HOOK: pg_sys::emit_log_hook_type = None;
+/// Whether the hook was installed while the server preloaded the library, so that it
+/// has seen every statement of every session.
+static PRELOADED: AtomicBool = AtomicBool::new(false);
+/// Whether a function that takes keys is running in this backend (until it returns, or
+/// its (sub)transaction ends: an error is reported while this is still set).
+static IN_KEY_CALL: AtomicBool = AtomicBool::new(false);
 
 pub fn install() {
     unsafe {
+        PRELOADED.store(pg_sys::process_shared_preload_libraries_in_progress, Ordering::Relaxed);
         PREVIOUS_HOOK = pg_sys::emit_log_hook;
         pg_sys::emit_log_hook = Some(scrub);
+        pg_sys::RegisterXactCallback(Some(on_xact_end), std::ptr::null_mut());
+        pg_sys::RegisterSubXactCallback(Some(on_subxact_end), std::ptr::null_mut());
     }
 }
 
-/// Whether a statement's text may carry a key.
+/// Whether the hook has seen every statement since the server started.
+pub fn installed() -> bool {
+    PRELOADED.load(Ordering::Relaxed)
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_xact_end(_event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+    IN_KEY_CALL.store(false, Ordering::Relaxed);
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_subxact_end(
+    event: pg_sys::SubXactEvent::Type,
+    _mine: pg_sys::SubTransactionId,
+    _parent: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
+        IN_KEY_CALL.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Called first by the functions that take keys: hides this session's statement in
+/// `pg_stat_activity` (it stays there after the statement ends, for superusers and
+/// members of `pg_read_all_stats` to read, whatever form the call took: a literal, a
+/// prepared statement's parameters, a wrapper function's), and marks the call. The mark
+/// ends with `key_call_done()` on a normal return, or when the (sub)transaction ends:
+/// an error is reported after Rust has unwound, so a guard dropped on unwinding would
+/// clear it too early.
+pub fn key_call() {
+    IN_KEY_CALL.store(true, Ordering::Relaxed);
+    unsafe {
+        pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_RUNNING, HIDDEN.as_ptr());
+    }
+}
+
+pub fn key_call_done() {
+    IN_KEY_CALL.store(false, Ordering::Relaxed);
+}
+
+/// Whether a text may carry a key: it names a function that takes one.
 fn carries_key(sql: &str) -> bool {
     let lower = sql.to_ascii_lowercase();
     lower.contains("api_key") || lower.contains("create_destination") || lower.contains("alter_destination")
 }
 
+/// Whether a message is Postgres logging a statement's text (`log_statement`,
+/// `log_min_duration_statement`, the extended protocol's steps).
+fn is_statement_log(message: &str) -> bool {
+    ["statement: ", "execute ", "duration: ", "bind ", "parse "].iter().any(|p| message.starts_with(p))
+}
+
 const HIDDEN: &CStr = c"statement hidden by vitally_sync: it may contain a Vitally API key";
 
-/// Replaces this session's statement text in `pg_stat_activity` when it may carry a
-/// key: it stays there after the statement ends, for superusers and members of
-/// `pg_read_all_stats` to read. Called first by the functions that take keys.
-pub fn hide_from_activity() {
-    unsafe {
-        let query = pg_sys::debug_query_string;
-        if !query.is_null() && carries_key(&CStr::from_ptr(query).to_string_lossy()) {
-            pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_RUNNING, HIDDEN.as_ptr());
-        }
-    }
+unsafe fn text_of(ptr: *const std::ffi::c_char) -> Option<String> {
+    (!ptr.is_null()).then(|| CStr::from_ptr(ptr).to_string_lossy().into_owned())
 }
 
 #[pg_guard]
 unsafe extern "C-unwind" fn scrub(edata: *mut pg_sys::ErrorData) {
-    let query = pg_sys::debug_query_string;
-    if !edata.is_null() && !query.is_null() {
-        let sql = CStr::from_ptr(query).to_string_lossy();
-        if carries_key(&sql) {
+    if !edata.is_null() {
+        let statement = text_of(pg_sys::debug_query_string).is_some_and(|q| carries_key(&q));
+        let in_call = IN_KEY_CALL.load(Ordering::Relaxed);
+        // A prepared statement's text comes in the DETAIL of log_statement's line, and
+        // dynamic SQL's in the CONTEXT.
+        let around = [(*edata).detail, (*edata).detail_log, (*edata).context, (*edata).internalquery]
+            .iter()
+            .any(|f| text_of(*f).is_some_and(|t| carries_key(&t)));
+        if statement || in_call || around {
             (*edata).hide_stmt = true;
             // log_statement, log_min_duration_statement and friends put the statement in
-            // the message itself, and bound parameters in the detail or context.
-            let message = (*edata).message;
-            if !message.is_null() && CStr::from_ptr(message).to_string_lossy().contains(sql.as_ref()) {
+            // the message itself; every other message (an error the user must read) stays.
+            let message = text_of((*edata).message).unwrap_or_default();
+            if is_statement_log(&message) {
                 (*edata).message = pg_sys::pstrdup(HIDDEN.as_ptr());
             }
-            for field in [&mut (*edata).detail, &mut (*edata).detail_log, &mut (*edata).context] {
-                if !field.is_null() && CStr::from_ptr(*field).to_string_lossy().contains("parameters:") {
-                    *field = std::ptr::null_mut();
-                }
-            }
+            (*edata).detail = std::ptr::null_mut();
+            (*edata).detail_log = std::ptr::null_mut();
+            (*edata).context = std::ptr::null_mut();
             (*edata).internalquery = std::ptr::null_mut();
+            if statement && (*edata).elevel >= PgLogLevel::ERROR as i32 {
+                // A call that fails before our function runs (a misspelt argument) would
+                // leave its text in pg_stat_activity.
+                pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_RUNNING, HIDDEN.as_ptr());
+            }
         }
     }
     if let Some(previous) = PREVIOUS_HOOK {

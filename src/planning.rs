@@ -4,7 +4,7 @@
 
 use crate::catalog::SyncRow;
 use crate::progress::Progress;
-use crate::elevation::{as_role, with_settings};
+use crate::elevation::{as_extension_owner, sandboxed, with_settings, Sandboxed};
 use crate::errors::{OrRaise, UserError};
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
@@ -13,7 +13,7 @@ use vitally_planner::definition::{check_pair, KeyNeeded};
 use vitally_planner::{plan, Behavior, Column, ColumnType, Object, Options, Plan};
 
 
-/// The temporary table a run's records are built in; dropped at commit at the latest.
+/// The temporary table a run's rows are kept in; dropped at commit at the latest.
 pub const STAGE: &str = "pg_temp.vitally_stage";
 
 /// What a sync is, checked and resolved against its query's columns.
@@ -92,8 +92,8 @@ fn single_statement(sync_name: &str, sql: &str) {
     }
 }
 
-/// The query's columns, learned by running it with `LIMIT 0` as `run_as`: a query
-/// that does not parse, or reads what that role may not, fails here.
+/// The query's columns, learned by running it with `LIMIT 0` as `run_as`, sandboxed: a
+/// query that does not parse, or reads what that role may not, fails here.
 pub fn describe(sync_name: &str, query: &str, run_as: pg_sys::Oid) -> Vec<Column> {
     if query.trim().is_empty() {
         UserError::new(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("the query of sync \"{sync_name}\" is empty"))
@@ -102,20 +102,36 @@ pub fn describe(sync_name: &str, query: &str, run_as: pg_sys::Oid) -> Vec<Column
     }
     let sql = wrapped(query, " LIMIT 0");
     single_statement(sync_name, &sql);
-    as_role(run_as, || {
+    let described: Vec<(String, pg_sys::Oid, i32)> = sandboxed(run_as, Sandboxed::Query, || {
         with_query_errors(sync_name, || {
             Spi::connect(|client| {
                 let table = client.select(&sql, None, &[]).unwrap_or_else(|e| crate::catalog::internal(e));
                 let n = table.columns().unwrap_or(0);
-                (1..=n)
-                    .map(|i| {
-                        let oid = table.column_type_oid(i).map(|o| o.value()).unwrap_or(pg_sys::InvalidOid);
-                        Column { name: table.column_name(i).unwrap_or_default(), ty: column_type(oid), hashable: hashable(oid) }
+                // The descriptor of the result just read: names, types and typmods.
+                let desc = unsafe { (*pg_sys::SPI_tuptable).tupdesc };
+                (0..n)
+                    .map(|i| unsafe {
+                        let att = &*(*desc).attrs.as_ptr().add(i);
+                        let name = std::ffi::CStr::from_ptr(att.attname.data.as_ptr()).to_string_lossy().into_owned();
+                        (name, att.atttypid, att.atttypmod)
                     })
                     .collect()
             })
         })
-    })
+    });
+    described
+        .into_iter()
+        .map(|(name, oid, typmod)| Column { name, ty: column_type(oid), hashable: hashable(oid), sql_type: sql_type(oid, typmod) })
+        .collect()
+}
+
+/// A type as SQL, qualified whatever the `search_path` (`pg_catalog.int4`, `alice.mood`).
+fn sql_type(oid: pg_sys::Oid, typmod: i32) -> String {
+    unsafe {
+        let flags = (pg_sys::FORMAT_TYPE_FORCE_QUALIFY | pg_sys::FORMAT_TYPE_TYPEMOD_GIVEN) as pg_sys::bits16;
+        let text = pg_sys::format_type_extended(oid, typmod, flags);
+        std::ffi::CStr::from_ptr(text).to_string_lossy().into_owned()
+    }
 }
 
 fn column_type(oid: pg_sys::Oid) -> ColumnType {
@@ -176,99 +192,128 @@ pub enum Pass {
 }
 
 /// Builds a run's records in `RECORDS` (`sync_key, hash, payload, error`), returning
-/// how many rows the query gave.
+/// how many rows the query gave. Nothing a user chose ever runs as the extension's owner:
 ///
-/// Phase one runs the query as the sync's owner into `STAGE`: key, hash of the
-/// mapped values, the values. Phase two, as the extension's owner, compares hashes
-/// with what was delivered, finds the keys that repeat, and makes records (JSON,
-/// checks) of the rows that need sending only: most rows of most runs are unchanged.
+/// 1. As the extension's owner: the tables of the pass, created empty (`STAGE` with the
+///    query's own column types, `KEYS`, `RECORDS`), the sync's owner allowed to fill them.
+/// 2. Sandboxed as the sync's owner: the query's rows into `STAGE` (key as text, a hash
+///    of the mapped values, the values as they are: no JSON yet, most rows of most runs are
+///    unchanged).
+/// 3. As the extension's owner, over the text and bigint columns only: the keys to build
+///    into `KEYS` (changed since their delivery, or repeated), with how often each repeats.
+/// 4. Sandboxed as the sync's owner: the records (JSON, checks) of those keys' rows into
+///    `RECORDS`; this is where casts and output functions of the user's types run.
 pub fn stage(sync: &SyncRow, prepared: &Prepared, pass: Pass, progress: &mut Progress) -> i64 {
     single_statement(&sync.name, &wrapped(&sync.query, ""));
     drop_stage();
     let fingerprint = prepared.plan.fingerprint(&prepared.options);
-    let seed = Spi::get_one_with_args::<i64>("SELECT pg_catalog.hashtextextended($1, 0)", &[fingerprint.as_str().into()])
-        .unwrap_or_else(|e| crate::catalog::internal(e))
-        .unwrap_or(0);
+    let seed = crate::elevation::with_pinned(|| {
+        Spi::get_one_with_args::<i64>("SELECT pg_catalog.hashtextextended($1, 0)", &[fingerprint.as_str().into()])
+            .unwrap_or_else(|e| crate::catalog::internal(e))
+            .unwrap_or(0)
+    });
     let limit = match pass {
         Pass::Preview { limit } => Some(limit),
         Pass::Run { .. } => None,
     };
-    let create = format!("CREATE TEMP TABLE vitally_stage ON COMMIT DROP AS {}", prepared.plan.stage_sql(&sync.query, seed, limit));
-    let rows = as_role(sync.owner, || {
+    create_tables(prepared, sync.owner);
+    let fill = format!("INSERT INTO {STAGE} {}", prepared.plan.stage_sql(&sync.query, seed, limit));
+    let rows = sandboxed(sync.owner, Sandboxed::Query, || {
         with_query_errors(&sync.name, || {
-            Spi::connect_mut(|client| client.update(&create, None, &[]).unwrap_or_else(|e| crate::catalog::internal(e)).len() as i64)
+            Spi::connect_mut(|client| client.update(&fill, None, &[]).unwrap_or_else(|e| crate::catalog::internal(e)).len() as i64)
         })
     });
     progress.phase(|| format!("ran the query: {rows} rows"));
     // Whether some rows may be unchanged: not on a sync's first run (or after a reset).
     let compare = matches!(pass, Pass::Run { full_resync: false })
-        && crate::elevation::as_extension_owner(|| {
+        && as_extension_owner(|| {
             Spi::get_one_with_args::<bool>("SELECT EXISTS (SELECT FROM vitally.delivery_state WHERE sync_id = $1)", &[sync.id.into()])
                 .unwrap_or_else(|e| crate::catalog::internal(e))
                 .unwrap_or(false)
         });
-    let statements = if compare {
-        // Rows that changed since their delivery (or have no key), then repeated keys
-        // among those only: a row identical to what was delivered sends nothing whether
-        // its key repeats or not, and counting every key of a large query cost more
-        // than the comparison itself. A repeated key's unchanged rows become invalid
-        // records too, with the changed ones.
+    let (keys, source) = if compare {
+        // Keys with a row that changed since its delivery, then how many rows each has: a
+        // row identical to what was delivered sends nothing whether its key repeats or
+        // not, and counting every key of a large query cost more than the comparison
+        // itself. A repeated key's unchanged rows become invalid records too.
         let changed = match prepared.behavior {
             Behavior::Append => "d.sync_key IS NULL",
-            _ => "d.payload_hash IS DISTINCT FROM s.hash",
+            _ => "d.payload_hash IS DISTINCT FROM c.hash",
         };
-        let source = format!(
-            "SELECT c.*, coalesce(x.n, 1) AS dups FROM {CHANGED} c LEFT JOIN {DUPS} x ON x.sync_key = c.sync_key
-             UNION ALL
-             SELECT s.*, x.n FROM {STAGE} s JOIN {DUPS} x ON x.sync_key = s.sync_key
-              WHERE NOT EXISTS (SELECT FROM {CHANGED} c WHERE c.sync_key = s.sync_key AND c.hash = s.hash)"
-        );
-        format!(
-            "CREATE TEMP TABLE vitally_changed ON COMMIT DROP AS
-                 SELECT s.* FROM {STAGE} s
-                   LEFT JOIN vitally.delivery_state d ON d.sync_id = {id} AND d.sync_key = s.sync_key
-                  WHERE s.sync_key IS NULL OR {changed};
-             ANALYZE {CHANGED};
-             CREATE TEMP TABLE vitally_dups ON COMMIT DROP AS
-                 SELECT s.sync_key, pg_catalog.count(*) AS n FROM {STAGE} s
-                  WHERE s.sync_key IN (SELECT c.sync_key FROM {CHANGED} c)
-                  GROUP BY s.sync_key HAVING pg_catalog.count(*) > 1;
-             CREATE TEMP TABLE vitally_records ON COMMIT DROP AS {records};",
-            id = sync.id,
-            records = prepared.plan.records_sql(&source, &prepared.options)
+        (
+            format!(
+                "INSERT INTO {KEYS} (sync_key, n)
+                 SELECT s.sync_key, pg_catalog.count(*) FROM {STAGE} s
+                  WHERE s.sync_key IN (SELECT c.sync_key FROM {STAGE} c
+                                         LEFT JOIN vitally.delivery_state d ON d.sync_id = {id} AND d.sync_key = c.sync_key
+                                        WHERE c.sync_key IS NOT NULL AND {changed})
+                  GROUP BY s.sync_key",
+                id = sync.id
+            ),
+            format!(
+                "SELECT s.*, k.n AS dups FROM {STAGE} s JOIN {KEYS} k ON k.sync_key = s.sync_key
+                 UNION ALL
+                 SELECT s.*, 1 FROM {STAGE} s WHERE s.sync_key IS NULL"
+            ),
         )
     } else {
         // Every row (a first run, full_resync, preview): repeated keys counted over all.
-        let source = format!("SELECT s.*, coalesce(x.n, 1) AS dups FROM {STAGE} s LEFT JOIN {DUPS} x ON x.sync_key = s.sync_key");
-        format!(
-            "CREATE TEMP TABLE vitally_dups ON COMMIT DROP AS
-                 SELECT sync_key, pg_catalog.count(*) AS n FROM {STAGE}
-                  WHERE sync_key IS NOT NULL GROUP BY sync_key HAVING pg_catalog.count(*) > 1;
-             CREATE TEMP TABLE vitally_records ON COMMIT DROP AS {records};",
-            records = prepared.plan.records_sql(&source, &prepared.options)
+        (
+            format!(
+                "INSERT INTO {KEYS} (sync_key, n)
+                 SELECT sync_key, pg_catalog.count(*) FROM {STAGE}
+                  WHERE sync_key IS NOT NULL GROUP BY sync_key HAVING pg_catalog.count(*) > 1"
+            ),
+            format!("SELECT s.*, coalesce(k.n, 1) AS dups FROM {STAGE} s LEFT JOIN {KEYS} k ON k.sync_key = s.sync_key"),
         )
     };
-    crate::elevation::as_extension_owner(|| {
-        with_settings(PLANNING_SETTINGS, || Spi::run(&format!("ANALYZE {STAGE}; {statements} ANALYZE {RECORDS};")))
+    as_extension_owner(|| {
+        // Statistics of the text and bigint columns only: ANALYZE of the others would
+        // call the comparison functions of the user's types.
+        with_settings(PLANNING_SETTINGS, || Spi::run(&format!("ANALYZE {STAGE} (sync_key, hash); {keys}; ANALYZE {KEYS};")))
             .unwrap_or_else(|e| crate::catalog::internal(e));
     });
+    let build = format!("INSERT INTO {RECORDS} (sync_key, hash, payload, error) {}", prepared.plan.records_sql(&source, &prepared.options));
+    sandboxed(sync.owner, Sandboxed::Ours, || {
+        with_query_errors(&sync.name, || with_settings(PLANNING_SETTINGS, || Spi::run(&build).unwrap_or_else(|e| crate::catalog::internal(e))))
+    });
+    as_extension_owner(|| Spi::run(&format!("ANALYZE {RECORDS}")).unwrap_or_else(|e| crate::catalog::internal(e)));
     progress.phase(|| {
         let count = || Spi::get_one::<i64>(&format!("SELECT pg_catalog.count(*) FROM {RECORDS}")).ok().flatten().unwrap_or(0);
-        let n = crate::elevation::as_extension_owner(count);
+        let n = as_extension_owner(count);
         format!("compared with what was delivered: {n} rows new, changed or invalid")
     });
     rows
 }
 
-/// The temporary tables of a planning pass: the query's rows, those that changed, the
-/// repeated keys, the records.
-pub const CHANGED: &str = "pg_temp.vitally_changed";
-pub const DUPS: &str = "pg_temp.vitally_dups";
+/// The tables of a pass, owned by the extension's owner (so no other role can alter
+/// them); the sync's owner may only fill and read them.
+fn create_tables(prepared: &Prepared, owner: pg_sys::Oid) {
+    let stage = prepared.plan.stage_table_sql(STAGE);
+    as_extension_owner(|| {
+        Spi::run(&format!(
+            "{stage};
+             CREATE TEMP TABLE {KEYS} (sync_key pg_catalog.text, n pg_catalog.int8) ON COMMIT DROP;
+             CREATE TEMP TABLE {RECORDS} (sync_key pg_catalog.text, hash pg_catalog.int8, payload pg_catalog.jsonb, error pg_catalog.text) ON COMMIT DROP;"
+        ))
+        .unwrap_or_else(|e| crate::catalog::internal(e));
+        if !unsafe { pg_sys::superuser_arg(owner) } {
+            let role = Spi::get_one_with_args::<String>("SELECT pg_catalog.quote_ident(rolname) FROM pg_catalog.pg_authid WHERE oid = $1", &[owner.into()])
+                .unwrap_or_else(|e| crate::catalog::internal(e))
+                .unwrap_or_else(|| UserError::new(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, "the sync's owner no longer exists").raise());
+            Spi::run(&format!("GRANT SELECT, INSERT ON {STAGE}, {KEYS}, {RECORDS} TO {role}")).unwrap_or_else(|e| crate::catalog::internal(e));
+        }
+    });
+}
+
+/// The temporary tables of a planning pass: the query's rows, the keys to build (with
+/// how many rows each has), the records.
+pub const KEYS: &str = "pg_temp.vitally_keys";
 pub const RECORDS: &str = "pg_temp.vitally_records";
 
 pub fn drop_stage() {
-    crate::elevation::as_extension_owner(|| {
-        for table in [STAGE, CHANGED, DUPS, RECORDS] {
+    as_extension_owner(|| {
+        for table in [STAGE, KEYS, RECORDS] {
             // Looked up first: DROP ... IF EXISTS would tell the user about it in a NOTICE.
             let exists = Spi::get_one::<bool>(&format!("SELECT pg_catalog.to_regclass('{table}') IS NOT NULL")).ok().flatten().unwrap_or(false);
             if exists {

@@ -1,5 +1,5 @@
 //! Finishing runs: a run is over when none of its records is pending; its status
-//! then follows from its figures, and a NOTIFY on channel `vitally_sync` says so.
+//! then follows from its figures, and a NOTIFY on channel `vitally_sync` carries its id.
 
 use pgrx::spi::SpiClient;
 
@@ -20,10 +20,10 @@ pub fn finish_if_done(client: &mut SpiClient<'_>, run_ids: &[i64]) {
               WHERE r.id = ANY($1) AND r.status = 'running'
                 AND NOT EXISTS (SELECT FROM vitally.record p WHERE p.run_id = r.id AND p.status = 'pending')
              RETURNING r.*)
-         SELECT pg_catalog.pg_notify('vitally_sync', pg_catalog.json_build_object(
-                    'run_id', f.id, 'sync', s.name, 'status', f.status, 'delivered', f.records_delivered,
-                    'skipped', f.records_skipped, 'failed', f.records_failed, 'invalid', f.records_invalid)::text)
-           FROM finished f JOIN vitally.sync s ON s.id = f.sync_id"
+         -- Only the run's id: any role may LISTEN, and the run's details are in
+         -- vitally.sync_runs for those who may see them.
+         SELECT pg_catalog.pg_notify('vitally_sync', f.id::pg_catalog.text)
+           FROM finished f"
     );
     client.update(&sql, None, &[run_ids.to_vec().into()]).unwrap_or_else(|e| crate::catalog::internal(e));
 }

@@ -19,7 +19,7 @@ mod vitally {
     #[pg_extern(volatile)]
     fn wait(run_id: i64, timeout: default!(Interval, "'5 minutes'")) -> String {
         let me = caller();
-        let seconds = Spi::get_one_with_args::<f64>("SELECT EXTRACT(epoch FROM $1)::float8", &[timeout.into()])
+        let seconds = crate::elevation::with_pinned(|| Spi::get_one_with_args::<f64>("SELECT pg_catalog.date_part('epoch', $1)", &[timeout.into()]))
             .unwrap_or_else(|e| internal(e))
             .unwrap_or(0.0)
             .max(0.0);
@@ -125,7 +125,7 @@ mod vitally {
         name: &str,
     ) -> TableIterator<'static, (name!(api, String), name!(ok, bool), name!(http_status, Option<i32>), name!(detail, String))> {
         let me = caller();
-        let endpoints: Vec<(Api, Endpoint)> = as_extension_owner(|| {
+        let endpoints: Vec<(Api, Result<Endpoint, String>)> = as_extension_owner(|| {
             Spi::connect(|client| {
                 let dest = owned_destination(client, name, me, false);
                 let found = crate::catalog::endpoints(client, dest.id);
@@ -141,6 +141,10 @@ mod vitally {
         let rows: Vec<_> = endpoints
             .into_iter()
             .map(|(api, endpoint)| {
+                let endpoint = match endpoint {
+                    Ok(e) => e,
+                    Err(why) => return (api.as_str().to_string(), false, None, why),
+                };
                 let (outcome, status) = runtime.block_on(client.check(&endpoint, api == Api::Rest));
                 let (ok, detail) = match outcome {
                     Outcome::Delivered => (true, format!("{} accepted the key", endpoint.base_url())),

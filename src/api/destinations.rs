@@ -26,7 +26,8 @@ mod vitally {
         analytics_url: default!(Option<&str>, "NULL"),
         rest_url: default!(Option<&str>, "NULL"),
     ) -> i64 {
-        crate::log_scrub::hide_from_activity();
+        crate::log_scrub::key_call();
+        require_preload("create_destination");
         validate_name(name).or_raise();
         let region = Region::parse(region).or_raise();
         let subdomain = subdomain.filter(|s| !s.trim().is_empty()).map(validate_subdomain).transpose().or_raise();
@@ -39,7 +40,7 @@ mod vitally {
         }
         let owner = caller();
 
-        as_extension_owner(|| {
+        let id = as_extension_owner(|| {
             Spi::connect_mut(|client| {
                 let inserted = client
                     .update(
@@ -76,7 +77,9 @@ mod vitally {
                     .unwrap_or_else(|e| internal(e));
                 id
             })
-        })
+        });
+        crate::log_scrub::key_call_done();
+        id
     }
 
     /// Changes a destination: only the arguments given change. An empty string
@@ -91,7 +94,8 @@ mod vitally {
         analytics_url: default!(Option<&str>, "NULL"),
         rest_url: default!(Option<&str>, "NULL"),
     ) {
-        crate::log_scrub::hide_from_activity();
+        crate::log_scrub::key_call();
+        require_preload("alter_destination");
         let region = region.map(Region::parse).transpose().or_raise();
         let subdomain = subdomain.map(|s| (!s.trim().is_empty()).then(|| validate_subdomain(s)).transpose()).transpose().or_raise();
         let analytics_url = analytics_url.map(|u| url_override(Api::Analytics, Some(u)));
@@ -103,6 +107,13 @@ mod vitally {
         as_extension_owner(|| {
             Spi::connect_mut(|client| {
                 let id = owned_destination(client, name, me, true).id;
+                let stored = client
+                    .select("SELECT analytics_url, rest_url FROM vitally.destination WHERE id = $1", Some(1), &[id.into()])
+                    .unwrap_or_else(|e| internal(e))
+                    .first();
+                let (old_analytics, old_rest) = (stored.get::<String>(1).ok().flatten(), stored.get::<String>(2).ok().flatten());
+                require_key_with_new_url(name, "analytics_url", "analytics_api_key", old_analytics.as_deref(), analytics_url.as_ref(), analytics_key.is_some());
+                require_key_with_new_url(name, "rest_url", "rest_api_key", old_rest.as_deref(), rest_url.as_ref(), rest_key.is_some());
                 // Each column keeps its value unless its argument was given ($n IS NOT NULL flags).
                 client
                     .update(
@@ -155,7 +166,8 @@ mod vitally {
                     .raise();
                 }
             })
-        })
+        });
+        crate::log_scrub::key_call_done();
     }
 
     /// Removes a destination and its keys; refused while syncs use it, unless `cascade`
@@ -201,7 +213,34 @@ mod vitally {
     }
 
     fn url_override(api: Api, raw: Option<&str>) -> Option<String> {
-        raw.filter(|u| !u.trim().is_empty()).map(|u| validate_base_url(api, u).or_raise())
+        let allowed = crate::guc::allowed_hosts();
+        raw.filter(|u| !u.trim().is_empty()).map(|u| validate_base_url(api, u, &allowed).or_raise())
+    }
+
+    /// Keys are taken only where the log hook can keep them out of the server log.
+    fn require_preload(function: &str) {
+        if !crate::log_scrub::installed() {
+            UserError::new(
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("vitally.{function}() takes API keys only when vitally_sync is preloaded"),
+            )
+            .hint("Without the preload Postgres may write a key to the server log. Add vitally_sync to shared_preload_libraries in postgresql.conf and restart the server.")
+            .raise();
+        }
+    }
+
+    /// A URL override that changes must come with its key in the same call (a key
+    /// given for one host is never sent to another), or with the key cleared.
+    fn require_key_with_new_url(name: &str, arg: &str, key_arg: &str, old: Option<&str>, new: Option<&Option<String>>, key_given: bool) {
+        let Some(new) = new else { return };
+        if new.as_deref() != old && !key_given {
+            UserError::new(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("changing {arg} of destination \"{name}\" needs {key_arg} again in the same call"),
+            )
+            .hint(format!("A key is never sent to a host it was not given for: call vitally.alter_destination(name, {arg} => ..., {key_arg} => ...), or {key_arg} => '' to remove the key."))
+            .raise();
+        }
     }
 
 }

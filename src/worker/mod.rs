@@ -340,7 +340,10 @@ pub fn warn_if_not_delivering() {
         return;
     }
     let served = crate::guc::database();
-    let here = Spi::get_one::<String>("SELECT pg_catalog.current_database()::text").ok().flatten().unwrap_or_default();
+    let here = crate::elevation::with_pinned(|| Spi::get_one::<String>("SELECT pg_catalog.current_database()::pg_catalog.text"))
+        .ok()
+        .flatten()
+        .unwrap_or_default();
     if served != here {
         warning!(
             "the vitally_sync worker serves database \"{served}\", not \"{here}\": records queued here are not delivered; \

@@ -166,10 +166,11 @@ fn endpoint(client: &pgrx::spi::SpiClient<'_>, key: &JobKey) -> Result<Endpoint,
         status: 0,
         error: format!("destination \"{name}\" has no {which} key: set it with vitally.alter_destination('{name}', {arg} => '...') and call vitally.retry_failed()"),
     };
+    let blocked = |error: String| Outcome::Rejected { status: 0, error };
     if key.rest {
-        found.rest.ok_or_else(|| missing("REST API", "rest_api_key"))
+        found.rest.ok_or_else(|| missing("REST API", "rest_api_key"))?.map_err(blocked)
     } else {
-        found.analytics.ok_or_else(|| missing("Analytics API", "analytics_api_key"))
+        found.analytics.ok_or_else(|| missing("Analytics API", "analytics_api_key"))?.map_err(blocked)
     }
 }
 

@@ -4,7 +4,7 @@
 
 use crate::auth;
 use crate::message::ObjectKind;
-use crate::outcome::{classify, rate_limit_wait, worth_splitting, Outcome, RateLimitHeaders};
+use crate::outcome::{classify, rate_limit_wait, untrusted_body, worth_splitting, Outcome, RateLimitHeaders};
 use crate::ratelimit::RateLimiter;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -34,6 +34,8 @@ impl Default for ClientConfig {
 pub struct Endpoint {
     base_url: String,
     authorization: String,
+    /// One of Vitally's own hosts: only then is an error body shown as it came.
+    vitally_host: bool,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -45,15 +47,24 @@ impl std::fmt::Debug for Endpoint {
 
 impl Endpoint {
     pub fn analytics(base_url: &str, key: &str) -> Endpoint {
-        Endpoint { base_url: base_url.trim_end_matches('/').to_string(), authorization: auth::analytics_header(key) }
+        Endpoint::new(base_url, auth::analytics_header(key))
     }
 
     pub fn rest(base_url: &str, token: &str) -> Endpoint {
-        Endpoint { base_url: base_url.trim_end_matches('/').to_string(), authorization: auth::rest_header(token) }
+        Endpoint::new(base_url, auth::rest_header(token))
+    }
+
+    fn new(base_url: &str, authorization: String) -> Endpoint {
+        let base_url = base_url.trim_end_matches('/').to_string();
+        Endpoint { vitally_host: crate::destination::is_vitally_url(&base_url), base_url, authorization }
     }
 
     pub fn base_url(&self) -> &str {
         &self.base_url
+    }
+
+    fn host(&self) -> String {
+        url::Url::parse(&self.base_url).ok().and_then(|u| u.host_str().map(str::to_string)).unwrap_or_default()
     }
 
     /// What limits are kept per: the host's API and the key (never shown).
@@ -92,6 +103,8 @@ impl VitallyClient {
             .timeout(config.request_timeout)
             .connect_timeout(config.request_timeout.min(Duration::from_secs(10)))
             .user_agent(concat!("vitally_sync/", env!("CARGO_PKG_VERSION")))
+            // Never follow a redirect: it would carry the key to a host nobody allowed.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("the TLS backend initializes");
         VitallyClient { http, in_flight: Mutex::new(HashMap::new()), config, limiters: Mutex::new(HashMap::new()) }
@@ -148,7 +161,14 @@ impl VitallyClient {
         let wait = (status == 429).then(|| rate_limit_wait(retry_after.as_deref(), &limits));
         limiter.answered(permit, Some(status), &limits, wait);
         match response.text().await {
-            Ok(body) => Answer { outcome: classify(status, retry_after.as_deref(), &limits, &body), body },
+            Ok(body) => {
+                let shown = if endpoint.vitally_host || (200..300).contains(&status) {
+                    body.clone()
+                } else {
+                    untrusted_body(&body, &endpoint.host())
+                };
+                Answer { outcome: classify(status, retry_after.as_deref(), &limits, &shown), body }
+            }
             // The connection died after the status line: nothing is known to have arrived.
             Err(e) => Answer { outcome: transport_error(&e), body: String::new() },
         }

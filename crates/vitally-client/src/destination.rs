@@ -72,6 +72,68 @@ pub enum DestinationError {
     BadUrl { api: &'static str, url: String, reason: String },
     #[error("{api}_url \"{url}\" must use https: plain http is accepted only for loopback hosts (127.0.0.1, ::1, localhost)")]
     InsecureUrl { api: &'static str, url: String },
+    #[error("{api}_url \"{url}\" names host \"{host}\", which is not in vitally.allowed_hosts ({allowed}): a superuser adds it there in postgresql.conf")]
+    HostNotAllowed { api: &'static str, url: String, host: String, allowed: String },
+}
+
+/// Vitally's own hosts: the default of `vitally.allowed_hosts`, and the hosts whose
+/// error bodies are shown to users as they are.
+pub const VITALLY_HOSTS: &str = "*.vitally.io, *.vitally-eu.io";
+
+/// The hosts a URL override may name (`vitally.allowed_hosts`, set by a superuser):
+/// a comma-separated list of host names or addresses, `*.example.com` for any host under
+/// it. Names compare case-insensitively; ports are not part of a pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedHosts {
+    patterns: Vec<String>,
+}
+
+impl AllowedHosts {
+    pub fn parse(list: &str) -> AllowedHosts {
+        let patterns = list
+            .split(',')
+            .map(|p| p.trim().trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase())
+            .filter(|p| !p.is_empty())
+            .collect();
+        AllowedHosts { patterns }
+    }
+
+    pub fn vitally() -> AllowedHosts {
+        AllowedHosts::parse(VITALLY_HOSTS)
+    }
+
+    /// Whether `host` (as `Url::host_str` gives it) matches a pattern.
+    pub fn allows(&self, host: &str) -> bool {
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+        self.patterns.iter().any(|p| match p.strip_prefix("*.") {
+            Some(suffix) => host.len() > suffix.len() + 1 && host.ends_with(suffix) && host[..host.len() - suffix.len()].ends_with('.'),
+            None => *p == host,
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        if self.patterns.is_empty() {
+            "empty".into()
+        } else {
+            self.patterns.join(", ")
+        }
+    }
+}
+
+/// Whether a base URL points at one of Vitally's own hosts.
+pub fn is_vitally_url(base_url: &str) -> bool {
+    Url::parse(base_url).ok().and_then(|u| u.host_str().map(|h| AllowedHosts::vitally().allows(h))).unwrap_or(false)
+}
+
+/// Checks that a stored or given URL's host is allowed (the worker checks again before
+/// each use: the setting may have changed since the URL was stored).
+pub fn check_allowed(api: Api, url: &str, allowed: &AllowedHosts) -> Result<(), DestinationError> {
+    let host = Url::parse(url).ok().and_then(|u| u.host_str().map(str::to_string)).unwrap_or_default();
+    if allowed.allows(&host) {
+        Ok(())
+    } else {
+        Err(DestinationError::HostNotAllowed { api: api.as_str(), url: url.to_string(), host, allowed: allowed.describe() })
+    }
 }
 
 /// Checks a destination name: it is how users and scripts refer to it.
@@ -118,7 +180,7 @@ pub fn normalize_key(api: Api, raw: &str) -> Result<Option<String>, DestinationE
 }
 
 /// Checks a base URL override and returns it without a trailing slash.
-pub fn validate_base_url(api: Api, raw: &str) -> Result<String, DestinationError> {
+pub fn validate_base_url(api: Api, raw: &str, allowed: &AllowedHosts) -> Result<String, DestinationError> {
     let name = api.as_str();
     let bad = |reason: &str| DestinationError::BadUrl { api: name, url: raw.to_string(), reason: reason.to_string() };
     let url = Url::parse(raw.trim()).map_err(|e| bad(&e.to_string()))?;
@@ -137,7 +199,9 @@ pub fn validate_base_url(api: Api, raw: &str) -> Result<String, DestinationError
     if url.host().is_none() {
         return Err(bad("it has no host"));
     }
-    Ok(url.as_str().trim_end_matches('/').to_string())
+    let normalized = url.as_str().trim_end_matches('/').to_string();
+    check_allowed(api, &normalized, allowed)?;
+    Ok(normalized)
 }
 
 fn is_loopback(url: &Url) -> bool {
@@ -198,24 +262,46 @@ mod tests {
         assert!(!err.to_string().contains("sec"));
     }
 
+    fn any() -> AllowedHosts {
+        AllowedHosts::parse("127.0.0.1, localhost, ::1, example.com, 10.0.0.5, localhost.evil.com")
+    }
+
+    #[test]
+    fn only_allowed_hosts_are_accepted() {
+        let vitally = AllowedHosts::vitally();
+        assert!(validate_base_url(Api::Rest, "https://acme.rest.vitally.io/resources", &vitally).is_ok());
+        assert!(validate_base_url(Api::Analytics, "https://API.vitally-eu.io/analytics/v1", &vitally).is_ok());
+        for bad in ["https://vitally.io.evil.com/x", "https://evilvitally.io/x", "https://vitally.io/x", "http://127.0.0.1:1/x", "https://[::1]:2/x"] {
+            let err = validate_base_url(Api::Rest, bad, &vitally).unwrap_err();
+            assert!(matches!(err, DestinationError::HostNotAllowed { .. }), "{bad}: {err}");
+            assert!(err.to_string().contains("vitally.allowed_hosts"), "{err}");
+        }
+        let loopback = AllowedHosts::parse(" 127.0.0.1 ,[::1]");
+        assert!(validate_base_url(Api::Rest, "http://127.0.0.1:8787/resources", &loopback).is_ok());
+        assert!(validate_base_url(Api::Rest, "http://[::1]:8787/resources", &loopback).is_ok());
+        assert!(validate_base_url(Api::Rest, "http://127.0.0.2:8787/resources", &loopback).is_err());
+        assert!(AllowedHosts::parse("").describe() == "empty" && !AllowedHosts::parse("").allows("127.0.0.1"));
+        assert!(is_vitally_url("https://acme.rest.vitally.io/resources") && !is_vitally_url("http://127.0.0.1:1/x"));
+    }
+
     #[test]
     fn plain_http_only_for_loopback() {
-        assert_eq!(validate_base_url(Api::Rest, "http://127.0.0.1:8787/resources/").unwrap(), "http://127.0.0.1:8787/resources");
-        assert!(validate_base_url(Api::Rest, "http://localhost:1/x").is_ok());
-        assert!(validate_base_url(Api::Rest, "http://[::1]:1/x").is_ok());
-        assert!(validate_base_url(Api::Rest, "https://example.com/x").is_ok());
+        assert_eq!(validate_base_url(Api::Rest, "http://127.0.0.1:8787/resources/", &any()).unwrap(), "http://127.0.0.1:8787/resources");
+        assert!(validate_base_url(Api::Rest, "http://localhost:1/x", &any()).is_ok());
+        assert!(validate_base_url(Api::Rest, "http://[::1]:1/x", &any()).is_ok());
+        assert!(validate_base_url(Api::Rest, "https://example.com/x", &any()).is_ok());
         assert!(matches!(
-            validate_base_url(Api::Analytics, "http://10.0.0.5/analytics/v1"),
+            validate_base_url(Api::Analytics, "http://10.0.0.5/analytics/v1", &any()),
             Err(DestinationError::InsecureUrl { .. })
         ));
-        assert!(matches!(validate_base_url(Api::Analytics, "http://localhost.evil.com/"), Err(DestinationError::InsecureUrl { .. })));
+        assert!(matches!(validate_base_url(Api::Analytics, "http://localhost.evil.com/", &any()), Err(DestinationError::InsecureUrl { .. })));
     }
 
     #[test]
     fn urls_with_credentials_or_odd_schemes_are_refused() {
-        assert!(matches!(validate_base_url(Api::Rest, "https://u:p@example.com/"), Err(DestinationError::BadUrl { .. })));
-        assert!(matches!(validate_base_url(Api::Rest, "ftp://example.com/"), Err(DestinationError::BadUrl { .. })));
-        assert!(matches!(validate_base_url(Api::Rest, "not a url"), Err(DestinationError::BadUrl { .. })));
+        assert!(matches!(validate_base_url(Api::Rest, "https://u:p@example.com/", &any()), Err(DestinationError::BadUrl { .. })));
+        assert!(matches!(validate_base_url(Api::Rest, "ftp://example.com/", &any()), Err(DestinationError::BadUrl { .. })));
+        assert!(matches!(validate_base_url(Api::Rest, "not a url", &any()), Err(DestinationError::BadUrl { .. })));
     }
 
     #[test]

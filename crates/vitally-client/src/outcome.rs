@@ -63,12 +63,35 @@ pub fn error_text(body: &str) -> String {
     text
 }
 
+/// The longest error text kept from a host that is not Vitally's.
+const UNTRUSTED_ERROR_CHARS: usize = 200;
+
+/// What is kept of an error body from a host that is not one of Vitally's (a URL
+/// override): only a short `error` or `message` string, never the body itself, so a
+/// URL pointed elsewhere cannot show users what some other service answers.
+pub fn untrusted_body(body: &str, host: &str) -> String {
+    if let Ok(serde_json::Value::Object(m)) = serde_json::from_str::<serde_json::Value>(body) {
+        for field in ["error", "message"] {
+            if let Some(serde_json::Value::String(s)) = m.get(field) {
+                let short: String = s.chars().filter(|c| !c.is_control()).take(UNTRUSTED_ERROR_CHARS).collect();
+                return serde_json::json!({ "error": short }).to_string();
+            }
+        }
+    }
+    serde_json::json!({ "error": format!("(body not shown: {host} is not a Vitally host)") }).to_string()
+}
+
 /// Classifies an HTTP answer.
 pub fn classify(status: u16, retry_after: Option<&str>, limits: &RateLimitHeaders, body: &str) -> Outcome {
     match status {
         200..=299 => Outcome::Delivered,
         429 => Outcome::RateLimited { wait: rate_limit_wait(retry_after, limits) },
         404 => Outcome::NotFound { error: error_text(body) },
+        // Redirects are never followed: an allowed URL must not bounce a key elsewhere.
+        300..=399 => Outcome::Rejected {
+            status,
+            error: "the destination answered with a redirect, which vitally_sync never follows: set its URL to the final address".into(),
+        },
         408 | 500..=599 => Outcome::Retry { status: Some(status), error: error_text(body) },
         401 | 403 => Outcome::Rejected {
             status,
@@ -95,6 +118,16 @@ mod tests {
         assert_eq!(error_text(r#"{"error":"Invalid accountId"}"#), "Invalid accountId");
         assert_eq!(error_text(r#"{"statusCode":404,"message":"account not found"}"#), "account not found");
         assert_eq!(error_text("<html>bad gateway</html>"), "<html>bad gateway</html>");
+    }
+
+    #[test]
+    fn only_a_short_error_string_is_kept_from_other_hosts() {
+        let long = format!(r#"{{"error":"{}","secret":"s3cr3t"}}"#, "x".repeat(1000));
+        let kept = untrusted_body(&long, "127.0.0.1");
+        assert_eq!(error_text(&kept).chars().count(), 200);
+        assert!(!kept.contains("s3cr3t"));
+        assert_eq!(error_text(&untrusted_body("<html>internal admin page</html>", "10.1.2.3")), "(body not shown: 10.1.2.3 is not a Vitally host)");
+        assert!(matches!(classify(307, None, &NONE, ""), Outcome::Rejected { status: 307, .. }));
     }
 
     #[test]

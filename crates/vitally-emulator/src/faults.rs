@@ -29,6 +29,13 @@ pub struct Faults {
     pub blocked_types: Vec<String>,
     /// Refuse connections' requests entirely with 503 (the service is down).
     pub down: bool,
+    /// Answer every API request with `307 Temporary Redirect` to this base URL plus the
+    /// request's path (a URL that bounces requests elsewhere), and an error body that
+    /// must not reach users.
+    pub redirect_to: Option<String>,
+    /// Answer every API request with this status and a long body that is not
+    /// Vitally's (a URL pointed at some other service).
+    pub foreign_status: Option<u16>,
 }
 
 /// Applies the faults to every request except the inspection API.
@@ -60,6 +67,16 @@ async fn serve(shared: &AppState, request: Request, next: Next) -> Response {
     let refusal = (|| {
         let mut state = shared.state.lock().unwrap();
         state.counters.requests += 1;
+        if let Some(base) = &faults.redirect_to {
+            let target = format!("{}{}", base.trim_end_matches('/'), request.uri().path());
+            let mut response = (StatusCode::TEMPORARY_REDIRECT, "<html>internal: moved</html>").into_response();
+            response.headers_mut().insert("location", HeaderValue::from_str(&target).unwrap());
+            return Some(response);
+        }
+        if let Some(status) = faults.foreign_status {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+            return Some((status, format!("<html>other service: internal-token=s3cr3t {}</html>", "x".repeat(2000))).into_response());
+        }
         if faults.down {
             state.counters.responses_5xx += 1;
             return Some((StatusCode::SERVICE_UNAVAILABLE, "emulator is down").into_response());

@@ -25,6 +25,9 @@ pub struct Column {
     pub ty: ColumnType,
     /// Whether Postgres can hash the type's values directly (else its text is hashed).
     pub hashable: bool,
+    /// The column's type as SQL, schema-qualified (`pg_catalog.int4`, `"alice".mood`),
+    /// for the table a run's rows are kept in.
+    pub sql_type: String,
 }
 
 /// Where a column's value goes in the record.
@@ -202,7 +205,7 @@ mod tests {
     use serde_json::json;
 
     fn cols(names: &[(&str, ColumnType)]) -> Vec<Column> {
-        names.iter().map(|(n, t)| Column { name: n.to_string(), ty: *t, hashable: true }).collect()
+        names.iter().map(|(n, t)| Column { name: n.to_string(), ty: *t, hashable: true, sql_type: "pg_catalog.text".into() }).collect()
     }
 
     #[test]

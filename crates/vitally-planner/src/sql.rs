@@ -14,9 +14,15 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// `'text'` with inner quotes doubled (standard_conforming_strings is on since 9.1).
+/// `'text'` with inner quotes doubled; with a backslash, `E'...'` with backslashes
+/// doubled too, as Postgres's `quote_literal` does: the literal then reads the same
+/// whatever `standard_conforming_strings` says (a plain `'\'` would end early with it off).
 pub fn quote_literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
+    if text.contains('\\') {
+        format!("E'{}'", text.replace('\\', "\\\\").replace('\'', "''"))
+    } else {
+        format!("'{}'", text.replace('\'', "''"))
+    }
 }
 
 const ISO_UTC: &str = r#"'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'"#;
@@ -97,6 +103,14 @@ impl Plan {
         format!("v1|{:?}|{}:{:?}|{}|{:?}", self.object, self.key.name, self.key.ty, fields.join(","), options)
     }
 
+    /// The temporary table phase one fills: key, hash, and each kept column with its
+    /// own type, so that no value is turned into anything before it is needed.
+    pub fn stage_table_sql(&self, table: &str) -> String {
+        let mut columns = vec!["sync_key pg_catalog.text".to_string(), "hash pg_catalog.int8".to_string()];
+        columns.extend(self.kept_columns().iter().map(|(c, alias)| format!("{alias} {}", c.sql_type)));
+        format!("CREATE TEMP TABLE {table} ({}) ON COMMIT DROP", columns.join(", "))
+    }
+
     /// Phase one, run as the sync's owner: per row of the query (or its first
     /// `limit`), the key, a 64-bit hash of the key and mapped values (`seed` being the
     /// fingerprint's hash) and those values as they are. No JSON yet: most rows of
@@ -107,7 +121,7 @@ impl Plan {
         let kept = self.kept_columns();
         let mut hashed = vec![key.clone()];
         hashed.extend(kept.iter().map(|(c, _)| canonical(&format!("q.{}", quote_ident(&c.name)), c)));
-        let mut select = vec![format!("{key} AS sync_key"), format!("hash_record_extended(ROW({}), {seed}) AS hash", hashed.join(", "))];
+        let mut select = vec![format!("{key} AS sync_key"), format!("pg_catalog.hash_record_extended(ROW({}), {seed}) AS hash", hashed.join(", "))];
         select.extend(kept.iter().map(|(c, alias)| format!("q.{} AS {alias}", quote_ident(&c.name))));
         format!("SELECT {} FROM (\n{query}\n) q{limit}", select.join(", "))
     }
@@ -247,13 +261,15 @@ mod tests {
     use crate::mapping::plan;
 
     fn col(name: &str, ty: ColumnType) -> Column {
-        Column { name: name.into(), ty, hashable: true }
+        Column { name: name.into(), ty, hashable: true, sql_type: "pg_catalog.text".into() }
     }
 
     #[test]
     fn identifiers_and_literals_are_quoted() {
         assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
         assert_eq!(quote_literal("it's"), "'it''s'");
+        // With standard_conforming_strings off, '\' would end the literal: E'' reads the same either way.
+        assert_eq!(quote_literal(r"a\'; DROP"), r"E'a\\''; DROP'");
     }
 
     #[test]
@@ -284,7 +300,7 @@ mod tests {
         spot.hashable = false;
         let p = plan(Object::Account, "id", &[col("id", ColumnType::Other), spot, col("doc", ColumnType::Json)], None).unwrap();
         let sql = p.stage_sql("SELECT 1", 3, None);
-        assert!(sql.contains("hash_record_extended(ROW((q.\"id\")::text, (q.\"spot\")::text, (q.\"doc\")::jsonb), 3)"), "{sql}");
+        assert!(sql.contains("pg_catalog.hash_record_extended(ROW((q.\"id\")::text, (q.\"spot\")::text, (q.\"doc\")::jsonb), 3)"), "{sql}");
     }
 
     #[test]

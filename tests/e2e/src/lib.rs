@@ -11,6 +11,9 @@ pub use postgres::{Client, NoTls};
 
 pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
+/// `vitally.allowed_hosts` in test clusters: Vitally's hosts and loopback.
+pub const LOOPBACK_HOSTS: &str = "*.vitally.io, *.vitally-eu.io, 127.0.0.1, localhost, ::1";
+
 pub struct Cluster {
     pub dir: PathBuf,
     pub port: u16,
@@ -80,6 +83,8 @@ impl Cluster {
             format!("unix_socket_directories = '{}'", dir.display()),
             "fsync = off".into(),
             "max_connections = 50".into(),
+            // The emulator listens on loopback: tests allow it, as the demo does.
+            format!("vitally.allowed_hosts = '{LOOPBACK_HOSTS}'"),
         ];
         settings.extend(conf.iter().map(|s| s.to_string()));
         let conf_path = data.join("postgresql.conf");

@@ -13,6 +13,7 @@ mod s09_rest_and_users;
 mod s10_operations;
 mod s11_faults;
 mod s12_hostile_input;
+mod s13_elevation;
 
 /// Every scenario, as test trials named `<file>::<test>`.
 pub fn all() -> Vec<Trial> {
@@ -30,6 +31,7 @@ pub fn all() -> Vec<Trial> {
     trials.extend(s10_operations::trials());
     trials.extend(s11_faults::trials());
     trials.extend(s12_hostile_input::trials());
+    trials.extend(s13_elevation::trials());
     trials
 }
 
