@@ -38,16 +38,38 @@ fn value(reference: &str, ty: ColumnType) -> String {
     }
 }
 
-/// A list of ids from an array, a JSON array or one scalar; never NULL.
+/// A list of ids from an array (of any element type, a domain over one too), a JSON
+/// array or one scalar: each id as a string (Vitally's ids are strings: `[1, 2]` would be
+/// no account at all), NULLs, empty ids and repeats left out, first-seen order kept;
+/// never NULL.
 fn id_list(reference: &str, ty: ColumnType) -> String {
     let c = reference;
+    let strings = |elements: &str, text: &str, keep: &str| {
+        format!(
+            "(SELECT coalesce(jsonb_agg(to_jsonb(d.v) ORDER BY d.o), '[]'::jsonb) \
+             FROM (SELECT {text} AS v, min(o) AS o FROM {elements} WITH ORDINALITY AS u(e, o) \
+                   WHERE {keep} AND {text} <> '' GROUP BY 1) d)"
+        )
+    };
     match ty {
-        ColumnType::Array => format!("coalesce(to_jsonb({c}), '[]'::jsonb)"),
-        ColumnType::Json => format!(
-            "(CASE WHEN {c} IS NULL THEN '[]'::jsonb WHEN jsonb_typeof(({c})::jsonb) = 'array' THEN ({c})::jsonb \
-             WHEN jsonb_typeof(({c})::jsonb) = 'null' THEN '[]'::jsonb ELSE jsonb_build_array(({c})::jsonb) END)"
+        ColumnType::Array => strings(&format!("unnest({c})"), "(e)::text", "e IS NOT NULL"),
+        ColumnType::Json => strings(
+            &format!(
+                "jsonb_array_elements(CASE jsonb_typeof(({c})::jsonb) WHEN 'array' THEN ({c})::jsonb WHEN 'null' THEN '[]'::jsonb \
+                 ELSE jsonb_build_array(({c})::jsonb) END)"
+            ),
+            "(e #>> '{}')",
+            "jsonb_typeof(e) <> 'null'",
         ),
-        _ => format!("(CASE WHEN {c} IS NULL THEN '[]'::jsonb ELSE jsonb_build_array(({c})::text) END)"),
+        _ => format!("(CASE WHEN {c} IS NULL OR ({c})::text = '' THEN '[]'::jsonb ELSE jsonb_build_array(({c})::text) END)"),
+    }
+}
+
+/// One id (an organization's, an account's, a user's) as a string, whatever its type.
+fn id_value(reference: &str, ty: ColumnType) -> String {
+    match ty {
+        ColumnType::Json => format!("to_jsonb((({reference})::jsonb) #>> '{{}}')"),
+        _ => format!("to_jsonb(({reference})::text)"),
     }
 }
 
@@ -145,6 +167,7 @@ impl Plan {
             let reference = format!("s.{}", self.alias_of(&field.column));
             match &field.target {
                 Target::Top("accountIds") => top.push(("accountIds".into(), id_list(&reference, field.column.ty))),
+                Target::Top(name @ ("organizationId" | "accountId" | "userId")) => top.push((name.to_string(), id_value(&reference, field.column.ty))),
                 Target::Top(name) => top.push((name.to_string(), value(&reference, field.column.ty))),
                 Target::Trait(name) | Target::Property(name) => nested.push((name.clone(), value(&reference, field.column.ty))),
             }

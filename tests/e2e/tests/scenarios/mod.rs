@@ -14,6 +14,7 @@ mod s10_operations;
 mod s11_faults;
 mod s12_hostile_input;
 mod s13_elevation;
+mod s14_new_user;
 
 /// Every scenario, as test trials named `<file>::<test>`.
 pub fn all() -> Vec<Trial> {
@@ -32,6 +33,7 @@ pub fn all() -> Vec<Trial> {
     trials.extend(s11_faults::trials());
     trials.extend(s12_hostile_input::trials());
     trials.extend(s13_elevation::trials());
+    trials.extend(s14_new_user::trials());
     trials
 }
 
