@@ -8,7 +8,8 @@ export PATH="$HOME/.cargo/bin:$PATH"
 install_extension() {
     local sudo_flag=""
     [ "$(id -u)" -eq 0 ] || sudo_flag="--sudo"
-    cargo pgrx install --pg-config "$PG_CONFIG" $sudo_flag "$@"
+    # `|| return`: callers run this in an `||` list, where `set -e` does not stop a failed build.
+    cargo pgrx install --pg-config "$PG_CONFIG" $sudo_flag "$@" || return 1
     # Released versions' install scripts, so that an older version can be installed and
     # upgraded (cargo pgrx installs only the current one and the upgrade scripts).
     local dir; dir="$("$PG_CONFIG" --sharedir)/extension"
