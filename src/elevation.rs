@@ -22,6 +22,7 @@ use std::ffi::CStr;
 /// The settings every statement of ours runs with: names resolve in `pg_catalog` first
 /// (temporary objects only where named `pg_temp.x`), and literals read the same whatever
 /// the session set (`standard_conforming_strings = off` makes `\'` end a literal).
+// `search_path` first: `QUERY_SETTINGS` is the rest.
 pub const PINNED: &[(&CStr, &CStr)] = &[
     (c"search_path", c"pg_catalog, pg_temp"),
     (c"standard_conforming_strings", c"on"),
@@ -31,13 +32,8 @@ pub const PINNED: &[(&CStr, &CStr)] = &[
 ];
 
 /// How a sync's own query is read: as `PINNED`, but with the session's `search_path`
-/// (the query names its tables as its owner expects).
-const QUERY_SETTINGS: &[(&CStr, &CStr)] = &[
-    (c"standard_conforming_strings", c"on"),
-    (c"backslash_quote", c"off"),
-    (c"transform_null_equals", c"off"),
-    (c"array_nulls", c"on"),
-];
+/// (the query names its tables as its owner expects): `PINNED` less its first entry.
+const QUERY_SETTINGS: &[(&CStr, &CStr)] = PINNED.split_at(1).1;
 
 /// The role calling the current SQL function.
 pub fn caller() -> pg_sys::Oid {
@@ -83,15 +79,21 @@ unsafe fn extension_owner_of(ext: pg_sys::Oid) -> pg_sys::Oid {
 /// Runs `f` as the extension's owner with `PINNED` settings, then switches back.
 pub fn as_extension_owner<R>(f: impl FnOnce() -> R) -> R {
     let owner = extension_owner();
-    with_pinned(|| unsafe {
+    with_pinned(|| as_user(owner, pg_sys::SECURITY_LOCAL_USERID_CHANGE, f))
+}
+
+/// Runs `f` as `role` with `flags` added to the security context, as Postgres does
+/// around a `SECURITY DEFINER` call or maintenance; switches back after.
+fn as_user<R>(role: pg_sys::Oid, flags: u32, f: impl FnOnce() -> R) -> R {
+    unsafe {
         let mut saved_user = pg_sys::InvalidOid;
         let mut saved_context = 0;
         pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
-        pg_sys::SetUserIdAndSecContext(owner, saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
+        pg_sys::SetUserIdAndSecContext(role, saved_context | flags as i32);
         let result = f();
         pg_sys::SetUserIdAndSecContext(saved_user, saved_context);
         result
-    })
+    }
 }
 
 /// Runs `f` with `PINNED` settings, as the current user: for our statements that run as
@@ -142,22 +144,10 @@ pub enum Sandboxed {
 /// table or type, prepare nothing, change no role, and every setting it changes
 /// (`set_config(..., false)` too) is undone when `f` returns.
 pub fn sandboxed<R>(role: pg_sys::Oid, what: Sandboxed, f: impl FnOnce() -> R) -> R {
-    unsafe {
-        let mut saved_user = pg_sys::InvalidOid;
-        let mut saved_context = 0;
-        pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
-        pg_sys::SetUserIdAndSecContext(
-            role,
-            saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32 | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
-        );
-        let nest = pg_sys::NewGUCNestLevel();
-        set_all(match what {
-            Sandboxed::Query => QUERY_SETTINGS,
-            Sandboxed::Ours => PINNED,
-        });
-        let result = f();
-        pg_sys::AtEOXact_GUC(false, nest);
-        pg_sys::SetUserIdAndSecContext(saved_user, saved_context);
-        result
-    }
+    let settings = match what {
+        Sandboxed::Query => QUERY_SETTINGS,
+        Sandboxed::Ours => PINNED,
+    };
+    // User first, then the nest level, as Postgres orders them for maintenance.
+    as_user(role, pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION, || with_settings(settings, f))
 }
