@@ -12,20 +12,22 @@ pub fn internal(e: SpiError) -> ! {
     UserError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("vitally_sync: {e}")).raise()
 }
 
-/// A destination the caller owns: its id and which keys it has.
+/// A destination the caller owns: its id, which keys it has, its URL overrides.
 #[derive(Clone)]
 pub struct DestinationRow {
     pub id: i64,
     pub name: String,
     pub has_analytics_key: bool,
     pub has_rest_key: bool,
+    pub analytics_url: Option<String>,
+    pub rest_url: Option<String>,
 }
 
 /// Finds a destination the caller owns (locked, when it is to be changed). Another
 /// role's destination looks exactly like a missing one.
 pub fn owned_destination(client: &SpiClient<'_>, name: &str, me: pg_sys::Oid, lock: bool) -> DestinationRow {
     let sql = format!(
-        "SELECT d.id, d.owner::oid, s.analytics_api_key IS NOT NULL, s.rest_api_key IS NOT NULL
+        "SELECT d.id, d.owner::oid, s.analytics_api_key IS NOT NULL, s.rest_api_key IS NOT NULL, d.analytics_url, d.rest_url
            FROM vitally.destination d LEFT JOIN vitally.destination_secret s ON s.destination_id = d.id
           WHERE d.name = $1 {}",
         if lock { "FOR UPDATE OF d" } else { "" }
@@ -39,6 +41,8 @@ pub fn owned_destination(client: &SpiClient<'_>, name: &str, me: pg_sys::Oid, lo
             name: name.to_string(),
             has_analytics_key: row.get::<bool>(3).ok().flatten().unwrap_or(false),
             has_rest_key: row.get::<bool>(4).ok().flatten().unwrap_or(false),
+            analytics_url: row.get::<String>(5).ok().flatten(),
+            rest_url: row.get::<String>(6).ok().flatten(),
         },
         _ => UserError::no_such_destination(name).raise(),
     }

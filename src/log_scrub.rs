@@ -72,39 +72,41 @@ pub fn key_call_done() {
 }
 
 /// Whether a text may carry a key: it names a function that takes one.
-fn carries_key(sql: &str) -> bool {
-    let lower = sql.to_ascii_lowercase();
-    lower.contains("api_key") || lower.contains("create_destination") || lower.contains("alter_destination")
+fn carries_key(text: &[u8]) -> bool {
+    [&b"api_key"[..], b"create_destination", b"alter_destination"]
+        .iter()
+        .any(|needle| text.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle)))
 }
 
 /// Whether a message is Postgres logging a statement's text (`log_statement`,
 /// `log_min_duration_statement`, the extended protocol's steps).
-fn is_statement_log(message: &str) -> bool {
-    ["statement: ", "execute ", "duration: ", "bind ", "parse "].iter().any(|p| message.starts_with(p))
+fn is_statement_log(message: &[u8]) -> bool {
+    [&b"statement: "[..], b"execute ", b"duration: ", b"bind ", b"parse "].iter().any(|p| message.starts_with(p))
 }
 
 const HIDDEN: &CStr = c"statement hidden by vitally_sync: it may contain a Vitally API key";
 
-unsafe fn text_of(ptr: *const std::ffi::c_char) -> Option<String> {
-    (!ptr.is_null()).then(|| CStr::from_ptr(ptr).to_string_lossy().into_owned())
+/// The bytes of a C string of the message, read in place: every message of the server
+/// passes through the hook, so nothing is copied.
+unsafe fn bytes_of<'a>(ptr: *const std::ffi::c_char) -> Option<&'a [u8]> {
+    (!ptr.is_null()).then(|| CStr::from_ptr(ptr).to_bytes())
 }
 
 #[pg_guard]
 unsafe extern "C-unwind" fn scrub(edata: *mut pg_sys::ErrorData) {
     if !edata.is_null() {
-        let statement = text_of(pg_sys::debug_query_string).is_some_and(|q| carries_key(&q));
+        let statement = bytes_of(pg_sys::debug_query_string).is_some_and(carries_key);
         let in_call = IN_KEY_CALL.load(Ordering::Relaxed);
         // A prepared statement's text comes in the DETAIL of log_statement's line, and
         // dynamic SQL's in the CONTEXT.
         let around = [(*edata).detail, (*edata).detail_log, (*edata).context, (*edata).internalquery]
             .iter()
-            .any(|f| text_of(*f).is_some_and(|t| carries_key(&t)));
+            .any(|f| bytes_of(*f).is_some_and(carries_key));
         if statement || in_call || around {
             (*edata).hide_stmt = true;
             // log_statement, log_min_duration_statement and friends put the statement in
             // the message itself; every other message (an error the user must read) stays.
-            let message = text_of((*edata).message).unwrap_or_default();
-            if is_statement_log(&message) {
+            if bytes_of((*edata).message).is_some_and(is_statement_log) {
                 (*edata).message = pg_sys::pstrdup(HIDDEN.as_ptr());
             }
             (*edata).detail = std::ptr::null_mut();

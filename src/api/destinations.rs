@@ -106,14 +106,10 @@ mod vitally {
 
         as_extension_owner(|| {
             Spi::connect_mut(|client| {
-                let id = owned_destination(client, name, me, true).id;
-                let stored = client
-                    .select("SELECT analytics_url, rest_url FROM vitally.destination WHERE id = $1", Some(1), &[id.into()])
-                    .unwrap_or_else(|e| internal(e))
-                    .first();
-                let (old_analytics, old_rest) = (stored.get::<String>(1).ok().flatten(), stored.get::<String>(2).ok().flatten());
-                require_key_with_new_url(name, "analytics_url", "analytics_api_key", old_analytics.as_deref(), analytics_url.as_ref(), analytics_key.is_some());
-                require_key_with_new_url(name, "rest_url", "rest_api_key", old_rest.as_deref(), rest_url.as_ref(), rest_key.is_some());
+                let stored = owned_destination(client, name, me, true);
+                let id = stored.id;
+                require_key_with_new_url(name, "analytics_url", "analytics_api_key", stored.analytics_url.as_deref(), analytics_url.as_ref(), analytics_key.is_some());
+                require_key_with_new_url(name, "rest_url", "rest_api_key", stored.rest_url.as_deref(), rest_url.as_ref(), rest_key.is_some());
                 // Each column keeps its value unless its argument was given ($n IS NOT NULL flags).
                 client
                     .update(
