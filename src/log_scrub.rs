@@ -6,8 +6,10 @@
 //! CONTEXT line of a message raised inside dynamic SQL (`EXECUTE format(...)` in a `DO`
 //! block or a wrapper function). This hook hides statements that may carry a key, and
 //! drops DETAIL and CONTEXT of every message raised while a function that takes keys is
-//! running. It sees every message only when the library is preloaded
-//! (`shared_preload_libraries`); the functions that take keys refuse to run otherwise.
+//! running. It sees every message when the library is preloaded
+//! (`shared_preload_libraries`); otherwise every message after the library is loaded
+//! in a session, and the functions that take keys check that nothing logged the call
+//! before that (`keys_stay_out_of_log`).
 
 use pgrx::prelude::*;
 use std::ffi::CStr;
@@ -34,6 +36,48 @@ pub fn install() {
 /// Whether the hook has seen every statement since the server started.
 pub fn installed() -> bool {
     PRELOADED.load(Ordering::Relaxed)
+}
+
+/// Settings that make Postgres log a statement's text before it runs, so before a
+/// library that was not preloaded is loaded, with the value that logs nothing.
+const LOGGED_BEFORE_LOAD: [(&str, &str); 4] =
+    [("log_statement", "none"), ("debug_print_parse", "off"), ("debug_print_rewritten", "off"), ("debug_print_plan", "off")];
+
+/// Whether a key given in the current statement stays out of the server log. With the
+/// preload the hook sees everything. Without it, the hook is installed when this
+/// backend loads the library, during the first call: every message after that passes
+/// through it, and only the settings above log the call's text before. So keys are safe
+/// when those are off and were not changed by SET in this session (a SET to 'none'
+/// just before the call would not unlog a text logged at the start of its query
+/// string). Returns the setting that makes it unsafe.
+pub fn keys_stay_out_of_log() -> Result<(), String> {
+    if installed() {
+        return Ok(());
+    }
+    let names = LOGGED_BEFORE_LOAD.map(|(n, _)| format!("'{n}'")).join(", ");
+    let rows: Vec<(String, String, String)> = crate::elevation::with_pinned(|| {
+        Spi::connect(|client| {
+            client
+                .select(&format!("SELECT name::text, setting::text, source::text FROM pg_catalog.pg_settings WHERE name IN ({names})"), None, &[])
+                .map(|rows| {
+                    rows.map(|r| {
+                        let get = |i| r.get::<String>(i).ok().flatten().unwrap_or_default();
+                        (get(1), get(2), get(3))
+                    })
+                    .collect()
+                })
+        })
+    })
+    .unwrap_or_else(|e| crate::catalog::internal(e));
+    for (name, quiet) in LOGGED_BEFORE_LOAD {
+        match rows.iter().find(|(n, _, _)| n == name) {
+            Some((_, setting, source)) if setting == quiet && source != "session" => {}
+            Some((_, setting, source)) if setting == quiet => return Err(format!("{name} was changed by SET in this session ({source})")),
+            Some((_, setting, _)) => return Err(format!("{name} is '{setting}'")),
+            None => return Err(format!("{name} cannot be read")),
+        }
+    }
+    Ok(())
 }
 
 #[pg_guard]

@@ -46,6 +46,10 @@ mod vitally {
                     .hint("Commit first: the worker sees the records only after commit.")
                     .raise();
             }
+            if let Some(why) = crate::worker::not_delivering() {
+                // Waiting would only run out the timeout.
+                UserError::new(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, format!("run {run_id} cannot finish here: {why}")).raise();
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return status;

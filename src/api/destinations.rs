@@ -27,7 +27,7 @@ mod vitally {
         rest_url: default!(Option<&str>, "NULL"),
     ) -> i64 {
         crate::log_scrub::key_call();
-        require_preload("create_destination");
+        require_keys_stay_out_of_log("create_destination");
         validate_name(name).or_raise();
         let region = Region::parse(region).or_raise();
         let subdomain = subdomain.filter(|s| !s.trim().is_empty()).map(validate_subdomain).transpose().or_raise();
@@ -95,7 +95,9 @@ mod vitally {
         rest_url: default!(Option<&str>, "NULL"),
     ) {
         crate::log_scrub::key_call();
-        require_preload("alter_destination");
+        if analytics_api_key.is_some() || rest_api_key.is_some() {
+            require_keys_stay_out_of_log("alter_destination");
+        }
         let region = region.map(Region::parse).transpose().or_raise();
         let subdomain = subdomain.map(|s| (!s.trim().is_empty()).then(|| validate_subdomain(s)).transpose()).transpose().or_raise();
         let analytics_url = analytics_url.map(|u| url_override(Api::Analytics, Some(u)));
@@ -214,13 +216,17 @@ mod vitally {
     }
 
     /// Keys are taken only where the log hook can keep them out of the server log.
-    fn require_preload(function: &str) {
-        if !crate::log_scrub::installed() {
+    fn require_keys_stay_out_of_log(function: &str) {
+        if let Err(why) = crate::log_scrub::keys_stay_out_of_log() {
             UserError::new(
                 PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-                format!("vitally.{function}() takes API keys only when vitally_sync is preloaded"),
+                format!("vitally.{function}() takes API keys only where they stay out of the server log, and here {why}"),
             )
-            .hint("Without the preload Postgres may write a key to the server log. Add vitally_sync to shared_preload_libraries in postgresql.conf and restart the server.")
+            .hint(
+                "Without the preload Postgres logs such a statement before vitally_sync can hide it. Add vitally_sync to \
+                 shared_preload_libraries in postgresql.conf and restart the server, or call this with that setting off. \
+                 If the key was logged, rotate it in Vitally.",
+            )
             .raise();
         }
     }

@@ -49,11 +49,17 @@ mod vitally {
     /// Inserts the invalid records and queues the others (the planning pass kept only
     /// those that need sending); records the run's figures.
     fn queue(sync: &SyncRow, prepared: &Prepared, run_id: i64, rows: i64) -> (i64, i64) {
-        // An event's messageId is stable per sync and key, so Vitally drops a repeat;
-        // a change gets a fresh one, kept across its retries.
+        // An event's messageId comes from what identifies it in Vitally, its destination,
+        // name and key, never from the sync: a re-created sync, reset() or full_resync
+        // sends it under the same id and Vitally drops the repeat. (A JSON array keeps
+        // the parts apart whatever they contain.) A change gets a fresh id, kept across
+        // its retries.
         let message_id = match prepared.behavior {
-            Behavior::Append => "pg_catalog.md5($1::text || ':' || s.sync_key)::uuid",
-            _ => "pg_catalog.gen_random_uuid()",
+            Behavior::Append => format!(
+                "pg_catalog.md5(pg_catalog.jsonb_build_array('event', {}::text, s.payload->>'event', s.sync_key)::text)::uuid",
+                vitally_planner::sql::quote_literal(&sync.destination.name)
+            ),
+            _ => "pg_catalog.gen_random_uuid()".to_string(),
         };
         // With unlink_removed_accounts, a user's record also names the accounts it was
         // delivered with and has left: the worker sends an unlink for each.

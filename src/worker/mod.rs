@@ -330,24 +330,32 @@ pub fn running_pid() -> Option<i32> {
     (pid > 0 && !unsafe { pg_sys::BackendPidGetProc(pid) }.is_null()).then_some(pid)
 }
 
-/// Tells the caller of `vitally.sync()` when nothing will deliver what it queued.
-pub fn warn_if_not_delivering() {
+/// Why no worker will deliver what this database queues, with what to do about it;
+/// None when one does.
+pub fn not_delivering() -> Option<String> {
     if !PRELOADED.load(Ordering::Relaxed) {
-        warning!(
+        return Some(
             "vitally_sync is not in shared_preload_libraries, so no worker delivers the queued records; \
              add it in postgresql.conf and restart the server"
+                .into(),
         );
-        return;
     }
     let served = crate::guc::database();
     let here = crate::elevation::with_pinned(|| Spi::get_one::<String>("SELECT pg_catalog.current_database()::pg_catalog.text"))
         .ok()
         .flatten()
         .unwrap_or_default();
-    if served != here {
-        warning!(
+    (served != here).then(|| {
+        format!(
             "the vitally_sync worker serves database \"{served}\", not \"{here}\": records queued here are not delivered; \
              set vitally.database = '{here}' in postgresql.conf and restart the server"
-        );
+        )
+    })
+}
+
+/// Tells the caller of `vitally.sync()` when nothing will deliver what it queued.
+pub fn warn_if_not_delivering() {
+    if let Some(why) = not_delivering() {
+        warning!("{why}");
     }
 }

@@ -20,7 +20,6 @@ crate::trials!("13_elevation":
     url_overrides_name_only_allowed_hosts,
     keys_in_dynamic_sql_prepared_statements_and_typos_stay_out_of_the_log,
     moving_a_url_takes_the_key_again,
-    without_the_preload_the_extension_installs_and_refuses_keys,
     a_vitally_user_that_can_log_in_is_refused_at_install,
 );
 
@@ -462,24 +461,6 @@ fn moving_a_url_takes_the_key_again() {
     assert!(thief.counters().responses_401 > 0, "the new host got the new key");
     let err = sql_error(db.execute("SELECT vitally.alter_destination('el_move', analytics_url => $1, analytics_api_key => '')", &[&honest.analytics_url()]));
     assert!(err.message.contains("would be left without an API key"), "{}", err.message);
-}
-
-fn without_the_preload_the_extension_installs_and_refuses_keys() {
-    let bare = Cluster::start("elev-nopreload", &[]);
-    let mut db = bare.admin("postgres");
-    db.batch_execute("CREATE EXTENSION vitally_sync").unwrap();
-    for sql in [
-        "SELECT vitally.create_destination('d', analytics_api_key => 'nopreload-secret')",
-        "SELECT vitally.alter_destination('d', analytics_api_key => 'nopreload-secret')",
-    ] {
-        let err = sql_error(db.batch_execute(sql));
-        assert_eq!(err.code, "55000", "{sql}: {}", err.message);
-        assert!(err.message.contains("only when vitally_sync is preloaded"), "{}", err.message);
-        assert!(err.hint.unwrap().contains("shared_preload_libraries"));
-    }
-    assert_eq!(scalar::<i64>(&mut db, "SELECT count(*) FROM vitally.destinations"), 0);
-    assert!(!scalar::<bool>(&mut db, "SELECT bool_or(worker_up) IS TRUE FROM vitally.metrics"));
-    assert!(!bare.log().contains("nopreload-secret"), "the log has the key");
 }
 
 fn a_vitally_user_that_can_log_in_is_refused_at_install() {
