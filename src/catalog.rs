@@ -129,7 +129,7 @@ pub struct Endpoints {
 }
 
 pub fn endpoints(client: &SpiClient<'_>, destination_id: i64) -> Endpoints {
-    use vitally_client::destination::{base_url, check_allowed, Api, Region};
+    use vitally_client::destination::{base_url, check_allowed, Api, DestinationError, Region};
     use vitally_client::Endpoint;
     let row = client
         .select(
@@ -148,7 +148,7 @@ pub fn endpoints(client: &SpiClient<'_>, destination_id: i64) -> Endpoints {
     // The URL is checked again at each use: the setting may have changed since it was stored.
     let url = |api: Api, column: usize| {
         let over = text(column);
-        let url = base_url(api, region, sub.as_deref(), over.as_deref());
+        let url = base_url(api, region, sub.as_deref(), over.as_deref()).ok_or_else(|| DestinationError::EuAnalyticsUrlNeeded.to_string())?;
         match over {
             Some(_) => check_allowed(api, &url, &allowed).map(|_| url).map_err(|e| e.to_string()),
             None => Ok(url),

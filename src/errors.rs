@@ -73,6 +73,10 @@ impl From<DestinationError> for UserError {
             UnknownRegion(_) => Some("Your workspace's region is in Vitally's settings; most workspaces are 'us'."),
             NoKey => Some("Keys are under Settings > Integrations in Vitally: \"Integrate via HTTPS API\" for the Analytics key, the REST API for the secret token."),
             InsecureUrl { .. } => Some("Leave the URL NULL to use Vitally's own https hosts."),
+            EuAnalyticsUrlNeeded => Some(
+                "Copy the base URL shown with your Analytics (HTTPS API) key in Vitally's integration settings, or ask Vitally support, \
+                 and give it as analytics_url => 'https://.../analytics/v1'.",
+            ),
             HostNotAllowed { .. } => Some("Leave the URL NULL to use Vitally's own hosts, or ask a superuser to add the host to vitally.allowed_hosts (postgresql.conf, then SELECT pg_reload_conf())."),
             _ => None,
         };

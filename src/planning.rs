@@ -49,7 +49,7 @@ pub fn prepare(
             .raise();
     }
     let columns = describe(sync_name, query, run_as);
-    let plan = plan(object, sync_key, &columns, mappings).or_raise();
+    let plan = plan(object, behavior, sync_key, &columns, mappings).or_raise();
     Prepared { object, behavior, options, plan }
 }
 

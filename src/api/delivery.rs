@@ -11,7 +11,7 @@ mod vitally {
     use pgrx::prelude::*;
     use std::time::{Duration, Instant};
     use vitally_client::destination::Api;
-    use vitally_client::{ClientConfig, Endpoint, Outcome, VitallyClient};
+    use vitally_client::{ClientConfig, Endpoint, VitallyClient};
 
     /// Blocks until run `run_id` is finished (or `timeout` passes) and returns its
     /// status: 'succeeded', 'partially_failed', 'failed', or 'running' on timeout.
@@ -123,7 +123,8 @@ mod vitally {
     }
 
     /// Makes one real authenticated request per configured API of a destination
-    /// (an empty Analytics batch; a REST list of one account) and reports the answer.
+    /// (an empty Analytics batch; a REST list of one account) and says whether the key
+    /// was accepted: only 401/403 mean it was not, 404 that the URL is wrong.
     #[pg_extern(volatile)]
     fn check_destination(
         name: &str,
@@ -149,14 +150,8 @@ mod vitally {
                     Ok(e) => e,
                     Err(why) => return (api.as_str().to_string(), false, None, why),
                 };
-                let (outcome, status) = runtime.block_on(client.check(&endpoint, api == Api::Rest));
-                let (ok, detail) = match outcome {
-                    Outcome::Delivered => (true, format!("{} accepted the key", endpoint.base_url())),
-                    Outcome::Retry { error, .. } => (false, format!("{}: {error}", endpoint.base_url())),
-                    Outcome::RateLimited { wait } => (true, format!("the key works, but it is rate limited for {}s", wait.as_secs())),
-                    Outcome::Rejected { error, .. } | Outcome::NotFound { error } => (false, error),
-                };
-                (api.as_str().to_string(), ok, status.map(i32::from), detail)
+                let check = runtime.block_on(client.check(&endpoint, api == Api::Rest));
+                (api.as_str().to_string(), check.ok, check.http_status.map(i32::from), check.detail)
             })
             .collect();
         TableIterator::new(rows)

@@ -11,8 +11,9 @@ mod vitally {
     use crate::elevation::{as_extension_owner, caller};
     use crate::errors::{OrRaise, UserError};
     use pgrx::prelude::*;
+    use pgrx::spi::SpiClient;
     use vitally_client::destination::{
-        base_url, normalize_key, validate_base_url, validate_name, validate_subdomain, Api, DestinationError, Region,
+        base_url, check_hosts, normalize_key, validate_base_url, validate_name, validate_subdomain, Api, DestinationError, Region,
     };
 
     /// Registers a Vitally destination owned by the calling role; returns its id.
@@ -75,6 +76,7 @@ mod vitally {
                         &[id.into(), analytics_key.as_deref().into(), rest_key.as_deref().into()],
                     )
                     .unwrap_or_else(|e| internal(e));
+                require_hosts(client, id);
                 id
             })
         });
@@ -163,6 +165,7 @@ mod vitally {
                     .hint("Keep one key, or drop the destination with vitally.drop_destination().")
                     .raise();
                 }
+                require_hosts(client, id);
             })
         });
         crate::log_scrub::key_call_done();
@@ -207,12 +210,29 @@ mod vitally {
     fn destination_url(api: &str, region: &str, subdomain: Option<&str>, url_override: Option<&str>) -> Option<String> {
         let api = Api::parse(api)?;
         let region = Region::parse(region).ok()?;
-        Some(base_url(api, region, subdomain, url_override))
+        base_url(api, region, subdomain, url_override)
     }
 
     fn url_override(api: Api, raw: Option<&str>) -> Option<String> {
         let allowed = crate::guc::allowed_hosts();
         raw.filter(|u| !u.trim().is_empty()).map(|u| validate_base_url(api, u, &allowed).or_raise())
+    }
+
+    /// Each key of a destination, as it now stands, has a host to go to.
+    fn require_hosts(client: &SpiClient<'_>, id: i64) {
+        let row = client
+            .select(
+                "SELECT d.region, d.analytics_url, s.analytics_api_key IS NOT NULL
+                   FROM vitally.destination d JOIN vitally.destination_secret s ON s.destination_id = d.id WHERE d.id = $1",
+                None,
+                &[id.into()],
+            )
+            .unwrap_or_else(|e| internal(e))
+            .first();
+        let region = row.get::<String>(1).ok().flatten().and_then(|r| Region::parse(&r).ok()).unwrap_or(Region::Us);
+        let url = row.get::<String>(2).ok().flatten();
+        let has_key = row.get::<bool>(3).ok().flatten().unwrap_or(false);
+        check_hosts(region, has_key, url.as_deref()).or_raise();
     }
 
     /// Keys are taken only where the log hook can keep them out of the server log.

@@ -4,7 +4,7 @@
 
 use crate::auth;
 use crate::message::ObjectKind;
-use crate::outcome::{classify, rate_limit_wait, untrusted_body, worth_splitting, Outcome, RateLimitHeaders};
+use crate::outcome::{classify, rate_limit_wait, untrusted_body, worth_splitting, Call, Outcome, RateLimitHeaders};
 use crate::ratelimit::RateLimiter;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -76,7 +76,17 @@ impl Endpoint {
 /// An answer as far as the client needs it.
 struct Answer {
     outcome: Outcome,
+    /// None when no answer came.
+    status: Option<u16>,
     body: String,
+}
+
+/// What `check` learned of a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyCheck {
+    pub ok: bool,
+    pub http_status: Option<u16>,
+    pub detail: String,
 }
 
 /// What a REST lookup found.
@@ -125,8 +135,8 @@ impl VitallyClient {
     }
 
     /// Sends one request under the key's pacing and the bound on requests in flight.
-    async fn request(&self, endpoint: &Endpoint, rest: bool, method: reqwest::Method, path: &str, body: Option<&Value>) -> Answer {
-        let limiter = self.limiter(endpoint, rest);
+    async fn request(&self, endpoint: &Endpoint, call: Call, method: reqwest::Method, path: &str, body: Option<&Value>) -> Answer {
+        let limiter = self.limiter(endpoint, call != Call::Analytics);
         let slots = self
             .in_flight
             .lock()
@@ -147,18 +157,14 @@ impl VitallyClient {
             Ok(r) => r,
             Err(e) => {
                 limiter.answered(permit, None, &RateLimitHeaders { limit: None, remaining: None, reset: None }, None);
-                return Answer { outcome: transport_error(&e), body: String::new() };
+                return Answer { outcome: transport_error(&e), status: None, body: String::new() };
             }
         };
         let status = response.status().as_u16();
         let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let limits = RateLimitHeaders {
-            limit: header("ratelimit-limit").and_then(|v| v.parse().ok()),
-            remaining: header("ratelimit-remaining").and_then(|v| v.parse().ok()),
-            reset: header("ratelimit-reset").and_then(|v| v.parse().ok()),
-        };
-        let retry_after = header("retry-after");
-        let wait = (status == 429).then(|| rate_limit_wait(retry_after.as_deref(), &limits));
+        let limits =
+            RateLimitHeaders::parse(header("ratelimit-limit").as_deref(), header("ratelimit-remaining").as_deref(), header("ratelimit-reset").as_deref());
+        let wait = (status == 429).then(|| rate_limit_wait(&limits));
         limiter.answered(permit, Some(status), &limits, wait);
         match response.text().await {
             Ok(body) => {
@@ -167,35 +173,79 @@ impl VitallyClient {
                 } else {
                     untrusted_body(&body, &endpoint.host())
                 };
-                Answer { outcome: classify(status, retry_after.as_deref(), &limits, &shown), body }
+                Answer { outcome: classify(call, status, &limits, &shown), status: Some(status), body }
             }
             // The connection died after the status line: nothing is known to have arrived.
-            Err(e) => Answer { outcome: transport_error(&e), body: String::new() },
+            Err(e) => Answer { outcome: transport_error(&e), status: Some(status), body: String::new() },
         }
     }
 
-    /// Sends Analytics messages in `/batch` requests of at most `batch_size`, and
-    /// returns one outcome per message, in order. A batch refused as a whole with a
-    /// 4xx is split in halves until the bad messages are alone, so the good ones go
-    /// through.
+    /// Sends Analytics messages in `/batch` requests of at most `batch_size`, each of
+    /// one message type, and returns one outcome per message, in order. A batch
+    /// refused as a whole with a 4xx is split in halves to isolate the bad messages, so
+    /// the good ones go through; when both halves are refused alike, the whole type is
+    /// (Vitally answers 400 to every message of a blocked type), and splitting stops.
     pub async fn send_analytics(&self, endpoint: &Endpoint, messages: &[Value]) -> Vec<Outcome> {
         let size = self.config.batch_size.clamp(1, MAX_BATCH);
-        let batches = messages.chunks(size).map(|chunk| self.send_batch(endpoint, chunk));
-        futures_util::future::join_all(batches).await.into_iter().flatten().collect()
+        // Batches of one type, so that a blocked type never takes others down with it.
+        let mut by_type: Vec<(String, Vec<usize>)> = Vec::new();
+        for (i, m) in messages.iter().enumerate() {
+            let t = m.get("type").and_then(Value::as_str).unwrap_or_default();
+            match by_type.iter_mut().find(|(k, _)| k == t) {
+                Some((_, ids)) => ids.push(i),
+                None => by_type.push((t.to_string(), vec![i])),
+            }
+        }
+        let batches: Vec<Vec<usize>> = by_type.iter().flat_map(|(_, ids)| ids.chunks(size).map(<[usize]>::to_vec)).collect();
+        let sent = batches.iter().map(|ids| {
+            let chunk: Vec<Value> = ids.iter().map(|&i| messages[i].clone()).collect();
+            async move { (ids, self.send_batch(endpoint, chunk).await) }
+        });
+        let mut outcomes = vec![Outcome::Delivered; messages.len()];
+        for (ids, answers) in futures_util::future::join_all(sent).await {
+            for (&i, o) in ids.iter().zip(answers) {
+                outcomes[i] = o;
+            }
+        }
+        outcomes
     }
 
-    fn send_batch<'a>(&'a self, endpoint: &'a Endpoint, messages: &'a [Value]) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<Outcome>> + Send + 'a>> {
+    async fn send_batch(&self, endpoint: &Endpoint, messages: Vec<Value>) -> Vec<Outcome> {
+        let outcome = self.post_batch(endpoint, &messages).await;
+        if messages.len() > 1 && worth_splitting(&outcome) {
+            self.split(endpoint, messages).await
+        } else {
+            vec![outcome; messages.len()]
+        }
+    }
+
+    /// Resends a refused batch in halves, and halves of the halves refused, until the
+    /// bad messages are alone or both halves are refused with the same error.
+    fn split<'a>(&'a self, endpoint: &'a Endpoint, mut messages: Vec<Value>) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<Outcome>> + Send + 'a>> {
         Box::pin(async move {
-            let body = Value::Array(messages.to_vec());
-            let answer = self.request(endpoint, false, reqwest::Method::POST, "/batch", Some(&body)).await;
-            if messages.len() > 1 && worth_splitting(&answer.outcome) {
-                let (left, right) = messages.split_at(messages.len() / 2);
-                let (mut a, b) = tokio::join!(self.send_batch(endpoint, left), self.send_batch(endpoint, right));
-                a.extend(b);
-                return a;
+            let right = messages.split_off(messages.len() / 2);
+            let left = messages;
+            let (a, b) = tokio::join!(self.post_batch(endpoint, &left), self.post_batch(endpoint, &right));
+            if a == b && worth_splitting(&a) {
+                return vec![a; left.len() + right.len()];
             }
-            vec![answer.outcome; messages.len()]
+            let (mut a, b) = tokio::join!(self.settle(endpoint, left, a), self.settle(endpoint, right, b));
+            a.extend(b);
+            a
         })
+    }
+
+    async fn settle(&self, endpoint: &Endpoint, messages: Vec<Value>, outcome: Outcome) -> Vec<Outcome> {
+        if messages.len() > 1 && worth_splitting(&outcome) {
+            self.split(endpoint, messages).await
+        } else {
+            vec![outcome; messages.len()]
+        }
+    }
+
+    async fn post_batch(&self, endpoint: &Endpoint, messages: &[Value]) -> Outcome {
+        let body = Value::Array(messages.to_vec());
+        self.request(endpoint, Call::Analytics, reqwest::Method::POST, "/batch", Some(&body)).await.outcome
     }
 
     /// Finds a record by your external id: `GET /<collection>/<id>`, and for users a
@@ -204,13 +254,15 @@ impl VitallyClient {
     pub async fn find(&self, endpoint: &Endpoint, kind: ObjectKind, external_id: &str) -> Lookup {
         let collection = kind.rest_collection().expect("accounts, users, organizations");
         let path = format!("/{collection}/{}", encode(external_id));
-        let answer = self.request(endpoint, true, reqwest::Method::GET, &path, None).await;
+        let answer = self.request(endpoint, Call::RestLookup, reqwest::Method::GET, &path, None).await;
         match answer.outcome {
             Outcome::Delivered => {
-                if let Ok(found) = serde_json::from_str::<Value>(&answer.body) {
-                    if found.get("externalId").and_then(Value::as_str) == Some(external_id) || kind != ObjectKind::User {
-                        return Lookup::Found(found);
-                    }
+                let found = match record_with_id(&answer.body, &path) {
+                    Ok(found) => found,
+                    Err(failed) => return failed,
+                };
+                if found.get("externalId").and_then(Value::as_str) == Some(external_id) || kind != ObjectKind::User {
+                    return Lookup::Found(found);
                 }
             }
             Outcome::NotFound { .. } => {}
@@ -220,12 +272,18 @@ impl VitallyClient {
             return Lookup::NotFound;
         }
         let path = format!("/users/search?externalId={}", encode(external_id));
-        let answer = self.request(endpoint, true, reqwest::Method::GET, &path, None).await;
+        let answer = self.request(endpoint, Call::RestLookup, reqwest::Method::GET, &path, None).await;
         match answer.outcome {
-            Outcome::Delivered => serde_json::from_str::<Value>(&answer.body)
-                .ok()
-                .and_then(|v| v.get("results").and_then(Value::as_array).and_then(|r| r.first().cloned()))
-                .map_or(Lookup::NotFound, Lookup::Found),
+            Outcome::Delivered => {
+                let page = serde_json::from_str::<Value>(&answer.body).unwrap_or(Value::Null);
+                match page.get("results").and_then(Value::as_array) {
+                    Some(results) if page.get("error").is_none() => match results.first() {
+                        None => Lookup::NotFound,
+                        Some(first) => record_with_id(&first.to_string(), &path).map_or_else(|failed| failed, Lookup::Found),
+                    },
+                    _ => Lookup::Failed(Outcome::Rejected { status: 200, error: format!("Vitally answered {path} with no \"results\" list: nothing was written") }),
+                }
+            }
             Outcome::NotFound { .. } => Lookup::NotFound,
             other => Lookup::Failed(other),
         }
@@ -235,30 +293,59 @@ impl VitallyClient {
     pub async fn update(&self, endpoint: &Endpoint, kind: ObjectKind, vitally_id: &str, body: &Value) -> Outcome {
         let collection = kind.rest_collection().expect("accounts, users, organizations");
         let path = format!("/{collection}/{}", encode(vitally_id));
-        self.request(endpoint, true, reqwest::Method::PUT, &path, Some(body)).await.outcome
+        self.request(endpoint, Call::RestWrite, reqwest::Method::PUT, &path, Some(body)).await.outcome
     }
 
     /// Creates or updates (by `externalId`) an NPS response.
     pub async fn create_nps_response(&self, endpoint: &Endpoint, body: &Value) -> Outcome {
-        self.request(endpoint, true, reqwest::Method::POST, "/npsResponses", Some(body)).await.outcome
+        self.request(endpoint, Call::RestWrite, reqwest::Method::POST, "/npsResponses", Some(body)).await.outcome
     }
 
-    /// One authenticated request that changes nothing, to check a key and a URL:
-    /// an empty Analytics batch, or a REST list of one account.
-    pub async fn check(&self, endpoint: &Endpoint, rest: bool) -> (Outcome, Option<u16>) {
+    /// One authenticated request that changes nothing, to check a key and a URL: a
+    /// REST list of one account, or an empty Analytics batch. How Vitally answers an
+    /// empty batch is undocumented, so only 401/403 say the key is wrong; any other
+    /// answer from the API (2xx, or a 400/422 with a JSON error refusing the empty
+    /// batch) says the key was accepted. A 404 says the URL is wrong.
+    pub async fn check(&self, endpoint: &Endpoint, rest: bool) -> KeyCheck {
         let answer = if rest {
-            self.request(endpoint, true, reqwest::Method::GET, "/accounts?limit=1", None).await
+            self.request(endpoint, Call::RestLookup, reqwest::Method::GET, "/accounts?limit=1", None).await
         } else {
-            self.request(endpoint, false, reqwest::Method::POST, "/batch", Some(&Value::Array(vec![]))).await
+            self.request(endpoint, Call::Analytics, reqwest::Method::POST, "/batch", Some(&Value::Array(vec![]))).await
         };
-        let status = match &answer.outcome {
-            Outcome::Delivered => Some(200),
-            Outcome::Retry { status, .. } => *status,
-            Outcome::RateLimited { .. } => Some(429),
-            Outcome::Rejected { status, .. } => Some(*status),
-            Outcome::NotFound { .. } => Some(404),
+        let url = endpoint.base_url();
+        let (ok, detail) = match (&answer.outcome, answer.status) {
+            (Outcome::Delivered, _) => (true, format!("{url} accepted the key")),
+            // An API's JSON error, not some other service's page at that URL.
+            (Outcome::Rejected { status: 400 | 422, .. }, Some(s)) if !rest && is_json_error(&answer.body) => {
+                (true, format!("{url} accepted the key (it answered {s} to the empty batch sent to check it, which is not an error of the key)"))
+            }
+            (Outcome::Rejected { status: 401 | 403, error }, _) => (false, format!("{url} refused the key: {error}")),
+            (Outcome::NotFound { error } | Outcome::Rejected { status: 404, error }, _) => {
+                let ends = if rest { "/resources" } else { "/analytics/v1" };
+                (false, format!("{url} answered 404 ({error}): no {} API there; its URL ends in {ends}", if rest { "REST" } else { "Analytics" }))
+            }
+            (Outcome::RateLimited { wait }, _) => (false, format!("{url} is rate limiting this key: try again in {} s", wait.as_secs())),
+            (Outcome::Retry { error, .. }, _) => (false, format!("{url}: {error} (the key could not be checked; try again)")),
+            (Outcome::Rejected { error, .. }, _) => (false, format!("{url}: {error}")),
         };
-        (answer.outcome, status)
+        KeyCheck { ok, http_status: answer.status, detail }
+    }
+}
+
+/// Whether a body is an API's JSON error (`{"error": ...}` or `{"message": ...}`).
+fn is_json_error(body: &str) -> bool {
+    serde_json::from_str::<Value>(body).is_ok_and(|v| v.get("error").is_some() || v.get("message").is_some())
+}
+
+/// The record in a lookup's 200 answer, if it is one: a JSON object with a string `id`
+/// and no `error`. Anything else fails the record, so no write goes to an empty id.
+fn record_with_id(body: &str, path: &str) -> Result<Value, Lookup> {
+    let failed = |what: &str| Lookup::Failed(Outcome::Rejected { status: 200, error: format!("Vitally answered {path} {what}: nothing was written") });
+    match serde_json::from_str::<Value>(body) {
+        Ok(v) if v.get("error").is_some() => Err(failed(&format!("with an error: {}", crate::outcome::error_text(body)))),
+        Ok(v) if v.get("id").and_then(Value::as_str).is_some_and(|id| !id.is_empty()) => Ok(v),
+        Ok(_) => Err(failed("without a record id")),
+        Err(_) => Err(failed("with a body that is not JSON")),
     }
 }
 

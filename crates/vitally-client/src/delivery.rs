@@ -10,7 +10,7 @@
 use crate::client::{Endpoint, Lookup, VitallyClient};
 use crate::message::{analytics_messages, nps_body, ObjectKind};
 use crate::outcome::Outcome;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::HashMap;
 
 /// How a record is written to Vitally.
@@ -107,9 +107,10 @@ async fn deliver_rest(client: &VitallyClient, endpoint: &Endpoint, records: Vec<
         async move {
             let outcome = match r.mode {
                 Mode::UpdateOnly => match find(r.kind, r.sync_key.clone()).await {
+                    // `find` returns Found only with a string id.
                     Lookup::Found(existing) => {
                         let vitally_id = existing.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
-                        client.update(endpoint, r.kind, &vitally_id, &update_body(&r.payload)).await
+                        client.update(endpoint, r.kind, &vitally_id, &update_body(r.kind, &r.payload)).await
                     }
                     Lookup::NotFound => Outcome::NotFound { error: format!("no {} with id \"{}\" in Vitally: update only does not create it", kind_name(r.kind), r.sync_key) },
                     Lookup::Failed(o) => o,
@@ -152,12 +153,38 @@ fn kind_name(kind: ObjectKind) -> &'static str {
 }
 
 /// The REST update body of a record: its traits (merged by Vitally; `null` deletes),
-/// and its name when the record has a `name` trait.
-pub fn update_body(payload: &Value) -> Value {
-    let traits = payload.get("traits").cloned().unwrap_or_else(|| json!({}));
-    let mut body = json!({ "traits": traits });
-    if let Some(name) = traits.get("name").and_then(Value::as_str) {
-        body["name"] = Value::String(name.to_string());
+/// except the fields a REST record has at top level, which go there: `name`, and for
+/// users `email` and `avatar` (in the REST API a `traits.email` is just a trait).
+/// Whether an account's `name` is editable over REST is disputed by Vitally's own
+/// docs; it is sent, as production connectors do: leave `name` out of the query to
+/// keep Vitally's.
+pub fn update_body(kind: ObjectKind, payload: &Value) -> Value {
+    let mut traits = payload.get("traits").and_then(Value::as_object).cloned().unwrap_or_default();
+    let own: &[&str] = if kind == ObjectKind::User { &["name", "email", "avatar"] } else { &["name"] };
+    let mut body = serde_json::Map::new();
+    for field in own {
+        if let Some(v) = traits.remove(*field) {
+            body.insert(field.to_string(), v);
+        }
     }
-    body
+    body.insert("traits".into(), Value::Object(traits));
+    Value::Object(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_rest_users_own_fields_go_top_level_not_in_traits() {
+        let payload = json!({"userId": "u1", "traits": {"email": "jane@acme.com", "avatar": "https://x/a.png", "name": "Jane", "plan": "pro"}});
+        assert_eq!(
+            update_body(ObjectKind::User, &payload),
+            json!({"email": "jane@acme.com", "avatar": "https://x/a.png", "name": "Jane", "traits": {"plan": "pro"}})
+        );
+        let account = json!({"accountId": "a1", "traits": {"name": "Acme", "email": "billing@acme.com"}});
+        assert_eq!(update_body(ObjectKind::Account, &account), json!({"name": "Acme", "traits": {"email": "billing@acme.com"}}));
+        assert_eq!(update_body(ObjectKind::Account, &json!({"accountId": "a1"})), json!({"traits": {}}));
+    }
 }

@@ -74,7 +74,10 @@ pub enum DestinationError {
     InsecureUrl { api: &'static str, url: String },
     #[error("{api}_url \"{url}\" names host \"{host}\", which is not in vitally.allowed_hosts ({allowed}): a superuser adds it there in postgresql.conf")]
     HostNotAllowed { api: &'static str, url: String, host: String, allowed: String },
+    #[error("an EU destination with an Analytics key needs analytics_url: Vitally documents no EU Analytics host, and vitally_sync does not guess one")]
+    EuAnalyticsUrlNeeded,
 }
+
 
 /// Vitally's own hosts: the default of `vitally.allowed_hosts`, and the hosts whose
 /// error bodies are shown to users as they are.
@@ -214,21 +217,30 @@ fn is_loopback(url: &Url) -> bool {
 }
 
 /// The base URL a destination uses for an API: the override if given, else Vitally's
-/// public host for the region (and subdomain, for REST).
-///
-/// The EU Analytics host is not in Vitally's public docs (unverified); users with an
-/// EU workspace can set `analytics_url` if it differs.
-pub fn base_url(api: Api, region: Region, subdomain: Option<&str>, url_override: Option<&str>) -> String {
+/// documented host for the region and subdomain. The Analytics host is per workspace
+/// (`{subdomain}.api.vitally.io`) in Vitally's current docs; the global host of older
+/// docs stays for destinations without a subdomain. No EU Analytics host is documented
+/// anywhere: None, and such a destination must give `analytics_url`.
+pub fn base_url(api: Api, region: Region, subdomain: Option<&str>, url_override: Option<&str>) -> Option<String> {
     if let Some(u) = url_override.filter(|u| !u.is_empty()) {
-        return u.trim_end_matches('/').to_string();
+        return Some(u.trim_end_matches('/').to_string());
     }
-    match (api, region, subdomain) {
-        (Api::Analytics, Region::Us, _) => "https://api.vitally.io/analytics/v1".into(),
-        (Api::Analytics, Region::Eu, _) => "https://api.vitally-eu.io/analytics/v1".into(),
+    Some(match (api, region, subdomain) {
+        (Api::Analytics, Region::Us, Some(sub)) => format!("https://{sub}.api.vitally.io/analytics/v1"),
+        (Api::Analytics, Region::Us, None) => "https://api.vitally.io/analytics/v1".into(),
+        (Api::Analytics, Region::Eu, _) => return None,
         (Api::Rest, Region::Us, Some(sub)) => format!("https://{sub}.rest.vitally.io/resources"),
         (Api::Rest, Region::Us, None) => "https://rest.vitally.io/resources".into(),
         (Api::Rest, Region::Eu, _) => "https://rest.vitally-eu.io/resources".into(),
+    })
+}
+
+/// A destination must know where each of its keys goes.
+pub fn check_hosts(region: Region, has_analytics_key: bool, analytics_url: Option<&str>) -> Result<(), DestinationError> {
+    if has_analytics_key && base_url(Api::Analytics, region, None, analytics_url).is_none() {
+        return Err(DestinationError::EuAnalyticsUrlNeeded);
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -306,9 +318,21 @@ mod tests {
 
     #[test]
     fn default_hosts_follow_region_and_subdomain() {
-        assert_eq!(base_url(Api::Rest, Region::Us, Some("acme"), None), "https://acme.rest.vitally.io/resources");
-        assert_eq!(base_url(Api::Rest, Region::Eu, Some("acme"), None), "https://rest.vitally-eu.io/resources");
-        assert_eq!(base_url(Api::Analytics, Region::Us, None, Some("http://127.0.0.1:1/a/")), "http://127.0.0.1:1/a");
+        let url = |api, region, sub, over| base_url(api, region, sub, over).unwrap();
+        assert_eq!(url(Api::Rest, Region::Us, Some("acme"), None), "https://acme.rest.vitally.io/resources");
+        assert_eq!(url(Api::Rest, Region::Eu, Some("acme"), None), "https://rest.vitally-eu.io/resources");
+        assert_eq!(url(Api::Analytics, Region::Us, None, Some("http://127.0.0.1:1/a/")), "http://127.0.0.1:1/a");
+        // Documented: the workspace's own Analytics host; the global one without a subdomain.
+        assert_eq!(url(Api::Analytics, Region::Us, Some("acme"), None), "https://acme.api.vitally.io/analytics/v1");
+        assert_eq!(url(Api::Analytics, Region::Us, None, None), "https://api.vitally.io/analytics/v1");
+    }
+
+    #[test]
+    fn the_eu_analytics_host_is_never_guessed() {
+        assert_eq!(base_url(Api::Analytics, Region::Eu, Some("acme"), None), None);
+        assert_eq!(check_hosts(Region::Eu, true, None), Err(DestinationError::EuAnalyticsUrlNeeded));
+        assert_eq!(check_hosts(Region::Eu, false, None), Ok(()), "a REST-only EU destination needs no Analytics host");
+        assert_eq!(check_hosts(Region::Eu, true, Some("https://x.vitally-eu.io/analytics/v1")), Ok(()));
     }
 
     #[test]

@@ -12,7 +12,7 @@ pub mod outcome;
 pub mod ratelimit;
 pub mod retry;
 
-pub use client::{ClientConfig, Endpoint, Lookup, VitallyClient, MAX_BATCH};
+pub use client::{ClientConfig, Endpoint, KeyCheck, Lookup, VitallyClient, MAX_BATCH};
 pub use message::ObjectKind;
 pub use outcome::Outcome;
 pub use retry::{Next, RetryPolicy};

@@ -15,11 +15,22 @@ pub enum Outcome {
     /// A 4xx that will not change by retrying: bad key, bad message, a message type
     /// blocked for the workspace.
     Rejected { status: u16, error: String },
-    /// 404 from the REST API: the record is not in Vitally (update only: skipped).
+    /// A REST lookup of one record found nothing: the record is not in Vitally
+    /// (update only: skipped). No other answer means this.
     NotFound { error: String },
 }
 
-/// What the rate-limit headers of an answer said.
+/// What a request was for: only a REST lookup of one record may mean "not found".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    Analytics,
+    RestLookup,
+    RestWrite,
+}
+
+/// What the rate-limit headers of an answer said. Vitally documents
+/// `RateLimit-Limit: 1000, 1000;window=60`, `RateLimit-Remaining`, `RateLimit-Reset`
+/// (seconds), and no `Retry-After`: pacing rests on Remaining and Reset alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimitHeaders {
     pub limit: Option<u64>,
@@ -31,13 +42,22 @@ pub struct RateLimitHeaders {
 /// How long to wait before trying again after a 429 with no usable header.
 pub const DEFAULT_429_WAIT: Duration = Duration::from_secs(5);
 
-/// The wait a 429 asks for: `Retry-After` (seconds) if present, else `RateLimit-Reset`.
-pub fn rate_limit_wait(retry_after: Option<&str>, limits: &RateLimitHeaders) -> Duration {
-    retry_after
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .or(limits.reset)
-        .map(|s| Duration::from_secs(s.max(1)))
-        .unwrap_or(DEFAULT_429_WAIT)
+impl RateLimitHeaders {
+    /// Reads the headers as they come, leniently: a number is the first integer of the
+    /// value (`1000, 1000;window=60` is 1000); anything unreadable counts as absent.
+    pub fn parse(limit: Option<&str>, remaining: Option<&str>, reset: Option<&str>) -> RateLimitHeaders {
+        let number = |v: Option<&str>| {
+            let v = v?.trim_start();
+            let digits: String = v.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse::<u64>().ok()
+        };
+        RateLimitHeaders { limit: number(limit), remaining: number(remaining), reset: number(reset) }
+    }
+}
+
+/// The wait a 429 asks for: `RateLimit-Reset`, else a default.
+pub fn rate_limit_wait(limits: &RateLimitHeaders) -> Duration {
+    limits.reset.map(|s| Duration::from_secs(s.max(1))).unwrap_or(DEFAULT_429_WAIT)
 }
 
 /// Vitally's error text from a body: `{"error": ...}`, `{"message": ...}` (with or
@@ -81,12 +101,22 @@ pub fn untrusted_body(body: &str, host: &str) -> String {
     serde_json::json!({ "error": format!("(body not shown: {host} is not a Vitally host)") }).to_string()
 }
 
-/// Classifies an HTTP answer.
-pub fn classify(status: u16, retry_after: Option<&str>, limits: &RateLimitHeaders, body: &str) -> Outcome {
+/// Classifies an HTTP answer to a request made for `call`.
+pub fn classify(call: Call, status: u16, limits: &RateLimitHeaders, body: &str) -> Outcome {
     match status {
         200..=299 => Outcome::Delivered,
-        429 => Outcome::RateLimited { wait: rate_limit_wait(retry_after, limits) },
-        404 => Outcome::NotFound { error: error_text(body) },
+        429 => Outcome::RateLimited { wait: rate_limit_wait(limits) },
+        404 if call == Call::RestLookup => Outcome::NotFound { error: error_text(body) },
+        // Nothing documents an Analytics 404, and a write's target was just found: the
+        // URL is wrong (a base URL without /analytics/v1 would otherwise skip everything).
+        404 => Outcome::Rejected {
+            status,
+            error: format!(
+                "{} (404 Not Found: check the destination's {} with vitally.alter_destination)",
+                error_text(body),
+                if call == Call::Analytics { "analytics_url; it ends in /analytics/v1" } else { "rest_url; it ends in /resources" }
+            ),
+        },
         // Redirects are never followed: an allowed URL must not bounce a key elsewhere.
         300..=399 => Outcome::Rejected {
             status,
@@ -127,23 +157,39 @@ mod tests {
         assert_eq!(error_text(&kept).chars().count(), 200);
         assert!(!kept.contains("s3cr3t"));
         assert_eq!(error_text(&untrusted_body("<html>internal admin page</html>", "10.1.2.3")), "(body not shown: 10.1.2.3 is not a Vitally host)");
-        assert!(matches!(classify(307, None, &NONE, ""), Outcome::Rejected { status: 307, .. }));
+        assert!(matches!(classify(Call::Analytics, 307, &NONE, ""), Outcome::Rejected { status: 307, .. }));
     }
 
     #[test]
     fn every_class() {
-        assert_eq!(classify(200, None, &NONE, ""), Outcome::Delivered);
-        assert!(matches!(classify(503, None, &NONE, ""), Outcome::Retry { status: Some(503), .. }));
-        assert!(matches!(classify(400, None, &NONE, r#"{"error":"x"}"#), Outcome::Rejected { status: 400, .. }));
-        assert!(matches!(classify(404, None, &NONE, ""), Outcome::NotFound { .. }));
-        assert!(matches!(classify(401, None, &NONE, ""), Outcome::Rejected { status: 401, .. }));
+        assert_eq!(classify(Call::Analytics, 200, &NONE, ""), Outcome::Delivered);
+        assert!(matches!(classify(Call::Analytics, 503, &NONE, ""), Outcome::Retry { status: Some(503), .. }));
+        assert!(matches!(classify(Call::Analytics, 400, &NONE, r#"{"error":"x"}"#), Outcome::Rejected { status: 400, .. }));
+        assert!(matches!(classify(Call::RestLookup, 404, &NONE, ""), Outcome::NotFound { .. }));
+        assert!(matches!(classify(Call::Analytics, 401, &NONE, ""), Outcome::Rejected { status: 401, .. }));
     }
 
     #[test]
-    fn a_429_waits_for_retry_after_then_reset_then_a_default() {
+    fn only_a_rest_lookup_may_mean_not_found() {
+        for (call, hint) in [(Call::Analytics, "analytics_url; it ends in /analytics/v1"), (Call::RestWrite, "rest_url; it ends in /resources")] {
+            match classify(call, 404, &NONE, r#"{"error":"Not Found"}"#) {
+                Outcome::Rejected { status: 404, error } => assert!(error.contains(hint), "{error}"),
+                other => panic!("{call:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_429_waits_for_reset_then_a_default() {
         let reset = RateLimitHeaders { reset: Some(7), ..NONE };
-        assert_eq!(classify(429, Some("3"), &reset, ""), Outcome::RateLimited { wait: Duration::from_secs(3) });
-        assert_eq!(classify(429, None, &reset, ""), Outcome::RateLimited { wait: Duration::from_secs(7) });
-        assert_eq!(classify(429, None, &NONE, ""), Outcome::RateLimited { wait: DEFAULT_429_WAIT });
+        assert_eq!(classify(Call::RestLookup, 429, &reset, ""), Outcome::RateLimited { wait: Duration::from_secs(7) });
+        assert_eq!(classify(Call::RestLookup, 429, &NONE, ""), Outcome::RateLimited { wait: DEFAULT_429_WAIT });
+    }
+
+    #[test]
+    fn rate_limit_headers_are_read_leniently() {
+        let h = RateLimitHeaders::parse(Some("1000, 1000;window=60"), Some(" 998"), Some("12"));
+        assert_eq!(h, RateLimitHeaders { limit: Some(1000), remaining: Some(998), reset: Some(12) });
+        assert_eq!(RateLimitHeaders::parse(Some("lots"), None, Some("-1")), NONE);
     }
 }

@@ -74,14 +74,85 @@ async fn a_connection_dropped_mid_response_is_retried_later() {
 }
 
 #[tokio::test]
-async fn a_429_says_how_long_to_wait_from_ratelimit_reset_or_retry_after() {
+async fn a_429_says_how_long_to_wait_from_ratelimit_reset_alone() {
+    // Vitally documents RateLimit-Reset on a 429, and no Retry-After.
     let e = emulator(Config { faults: Faults { burst_429: 1, reset_secs: 7, ..Faults::default() }, ..Config::default() }).await;
     let outcomes = client(ClientConfig::default()).send_analytics(&analytics(&e), &[account(1)]).await;
     assert_eq!(outcomes[0], Outcome::RateLimited { wait: Duration::from_secs(7) });
+}
 
-    let e = emulator(Config { retry_after_header: true, faults: Faults { burst_429: 1, reset_secs: 2, ..Faults::default() }, ..Config::default() }).await;
-    let outcomes = client(ClientConfig::default()).send_analytics(&analytics(&e), &[account(1)]).await;
-    assert_eq!(outcomes[0], Outcome::RateLimited { wait: Duration::from_secs(2) });
+#[tokio::test]
+async fn rest_paces_from_remaining_and_reset_when_the_limit_comes_as_a_list() {
+    // RateLimit-Limit is `3, 3;window=2`; Remaining and Reset alone keep the client under.
+    let e = emulator(Config { rest_limit: 3, rest_window: Duration::from_secs(2), ..Config::default() }).await;
+    e.seed("accounts", "a", json!({}));
+    let c = client(ClientConfig { rest_requests_per_minute: 60_000, max_concurrency: 1, ..ClientConfig::default() });
+    for _ in 0..7 {
+        assert!(matches!(c.find(&rest(&e), ObjectKind::Account, "a").await, Lookup::Found(_)));
+    }
+    assert_eq!(e.counters().rate_limited, 0, "{:?}", e.counters());
+}
+
+#[tokio::test]
+async fn an_analytics_404_fails_with_a_hint_never_skips() {
+    // A base URL missing /analytics/v1: every path is 404.
+    let e = emulator(Config::default()).await;
+    let endpoint = Endpoint::analytics(&format!("http://{}", e.addr()), KEY);
+    let outcomes = client(ClientConfig::default()).send_analytics(&endpoint, &[account(1), account(2)]).await;
+    for o in &outcomes {
+        assert!(matches!(o, Outcome::Rejected { status: 404, error } if error.contains("/analytics/v1")), "{o:?}");
+    }
+    let check = client(ClientConfig::default()).check(&endpoint, false).await;
+    assert!(!check.ok && check.detail.contains("404"), "{check:?}");
+}
+
+#[tokio::test]
+async fn a_lookup_without_an_id_or_with_an_error_is_never_followed_by_a_write() {
+    for body in [json!({"externalId": "acct_1", "traits": {}}), json!({"error": "Something went wrong"}), json!({"id": "", "externalId": "acct_1"})] {
+        let e = emulator(Config { faults: Faults { lookup_body: Some(body.clone()), ..Faults::default() }, ..Config::default() }).await;
+        e.seed("accounts", "acct_1", json!({}));
+        let c = client(ClientConfig::default());
+        let record = vitally_client::delivery::QueuedRecord {
+            id: 1,
+            kind: ObjectKind::Account,
+            mode: vitally_client::delivery::Mode::UpdateOnly,
+            sync_key: "acct_1".into(),
+            payload: json!({"accountId": "acct_1", "traits": {"seats": 3}}),
+            message_id: "m".into(),
+            queued_at: "2026-06-01T10:00:00Z".into(),
+        };
+        let outcomes = vitally_client::delivery::deliver(&c, &rest(&e), vec![record]).await;
+        assert!(matches!(&outcomes[0].1, Outcome::Rejected { status: 200, error } if error.contains("nothing was written")), "{body}: {outcomes:?}");
+        assert!(!e.received().iter().any(|r| r.kind.starts_with("PUT")), "{body}: a write followed");
+        let user = client(ClientConfig::default()).find(&rest(&e), ObjectKind::User, "u_1").await;
+        assert!(matches!(user, Lookup::Failed(_)), "{body}: {user:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_blocked_type_costs_three_requests_not_199() {
+    let e = emulator(Config { faults: Faults { blocked_types: vec!["track".into()], ..Faults::default() }, ..Config::default() }).await;
+    let events: Vec<Value> =
+        (0..100).map(|i| json!({"type": "track", "event": "Login", "userId": "u1", "properties": {}, "messageId": format!("e{i}")})).collect();
+    let mut messages = events.clone();
+    messages.extend((0..10).map(account));
+    let outcomes = client(ClientConfig::default()).send_analytics(&analytics(&e), &messages).await;
+    assert!(outcomes[..100].iter().all(|o| matches!(o, Outcome::Rejected { status: 400, error } if error.contains("blocked"))), "{outcomes:?}");
+    assert!(outcomes[100..].iter().all(|o| *o == Outcome::Delivered), "another type in the same job is not held up");
+    assert_eq!(e.counters().analytics_requests, 3 + 1, "the events' batch, its two halves; the accounts' batch");
+}
+
+#[tokio::test]
+async fn an_analytics_key_is_checked_by_401_and_403_alone() {
+    // The emulator refuses an empty batch with 400, as Vitally might: the key was accepted.
+    let e = emulator(Config::default()).await;
+    let c = client(ClientConfig::default());
+    let good = c.check(&analytics(&e), false).await;
+    assert!(good.ok, "{good:?}");
+    assert_eq!(good.http_status, Some(400));
+    assert!(good.detail.contains("accepted the key"), "{good:?}");
+    let bad = c.check(&Endpoint::analytics(&e.analytics_url(), "wrong"), false).await;
+    assert!(!bad.ok && bad.http_status == Some(401) && bad.detail.contains("refused the key"), "{bad:?}");
 }
 
 #[tokio::test]
@@ -147,8 +218,9 @@ async fn update_only_finds_by_external_id_merges_traits_and_reports_the_missing(
     assert_eq!(Value::Object(traits), json!({"plan": "pro", "seats": 5}), "merged: omitted stays, null deletes");
 
     assert_eq!(c.find(&rest(&e), ObjectKind::Account, "acct_404").await, Lookup::NotFound);
+    // A write's 404 is not "not found" (its target was just found): it fails with a hint.
     let missing = c.update(&rest(&e), ObjectKind::Account, "no-such-id", &json!({"traits": {}})).await;
-    assert_eq!(missing, Outcome::NotFound { error: "account not found".into() });
+    assert!(matches!(&missing, Outcome::Rejected { status: 404, error } if error.contains("account not found") && error.contains("rest_url")), "{missing:?}");
     assert_eq!(e.count("accounts"), 1, "update only never creates");
 }
 
@@ -159,11 +231,11 @@ async fn rest_accepts_the_raw_token_and_the_ready_made_value_but_not_a_wrong_one
     let c = client(ClientConfig::default());
     let ready = base64::engine::general_purpose::STANDARD.encode(format!("{TOKEN}:"));
     for token in [TOKEN.to_string(), ready] {
-        let (outcome, status) = c.check(&Endpoint::rest(&e.rest_url(), &token), true).await;
-        assert_eq!((outcome, status), (Outcome::Delivered, Some(200)));
+        let check = c.check(&Endpoint::rest(&e.rest_url(), &token), true).await;
+        assert!(check.ok && check.http_status == Some(200), "{check:?}");
     }
-    let (outcome, _) = c.check(&Endpoint::rest(&e.rest_url(), "wrong"), true).await;
-    assert!(matches!(outcome, Outcome::Rejected { status: 401, .. }));
+    let check = c.check(&Endpoint::rest(&e.rest_url(), "wrong"), true).await;
+    assert!(!check.ok && check.http_status == Some(401), "{check:?}");
 }
 
 #[tokio::test]
@@ -174,12 +246,12 @@ async fn nps_responses_are_created_then_updated_by_external_id() {
     let Lookup::Found(user) = c.find(&rest(&e), ObjectKind::User, "u_1").await else { panic!() };
     let vitally_id = user["id"].as_str().unwrap();
     for score in [6, 9] {
-        let body = vitally_client::message::nps_body(&json!({"score": score}), vitally_id, "resp_1");
+        let body = vitally_client::message::nps_body(&json!({"score": score, "respondedAt": "2026-06-01T10:00:00Z"}), vitally_id, "resp_1");
         assert_eq!(c.create_nps_response(&rest(&e), &body).await, Outcome::Delivered);
     }
     assert_eq!(e.count("npsResponses"), 1);
-    let unknown = vitally_client::message::nps_body(&json!({"score": 3}), "not-a-user", "resp_2");
-    assert!(matches!(c.create_nps_response(&rest(&e), &unknown).await, Outcome::NotFound { .. }));
+    let unknown = vitally_client::message::nps_body(&json!({"score": 3, "respondedAt": "2026-06-01T10:00:00Z"}), "not-a-user", "resp_2");
+    assert!(matches!(c.create_nps_response(&rest(&e), &unknown).await, Outcome::Rejected { status: 404, .. }));
 }
 
 #[tokio::test]

@@ -71,6 +71,10 @@ fn receive(shared: &AppState, headers: &HeaderMap, messages: Vec<Value>) -> Resu
     if !authorized(shared, headers) {
         return Err((StatusCode::UNAUTHORIZED, "Unauthorized: invalid API key".into()));
     }
+    // Unverified in Vitally; refused here so that no client relies on it being accepted.
+    if messages.is_empty() {
+        return Err((StatusCode::BAD_REQUEST, "a batch needs at least one message".into()));
+    }
     if messages.len() > MAX_BATCH {
         return Err((StatusCode::BAD_REQUEST, format!("a batch holds at most {MAX_BATCH} messages, got {}", messages.len())));
     }
@@ -171,6 +175,15 @@ fn apply(state: &mut State, message: Value, record: bool) {
                 let account = text(m, "accountId").map(str::to_string);
                 let org = text(m, "organizationId").map(str::to_string);
                 let user = state.upsert("users", text(m, "userId").unwrap(), traits);
+                // traits.email and traits.avatar are the user's own fields in Analytics.
+                if let Some(t) = traits {
+                    if let Some(Value::String(e)) = t.get("email") {
+                        user.email = Some(e.clone());
+                    }
+                    if let Some(Value::String(a)) = t.get("avatar") {
+                        user.avatar = Some(a.clone());
+                    }
+                }
                 if let Some(a) = &account {
                     if !user.account_ids.contains(a) {
                         user.account_ids.push(a.clone());

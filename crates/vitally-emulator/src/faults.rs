@@ -21,7 +21,7 @@ pub struct Faults {
     pub burst_429: u32,
     /// The next this-many API requests are answered 503 (a storm that surely hits).
     pub fail_next: u32,
-    /// Seconds a fault 429 tells the client to wait (RateLimit-Reset, and Retry-After if configured).
+    /// Seconds a fault 429 tells the client to wait (RateLimit-Reset).
     pub reset_secs: u64,
     /// Share (0 to 1) of API requests whose connection drops after the status line.
     pub drop_rate: f64,
@@ -36,6 +36,9 @@ pub struct Faults {
     /// Answer every API request with this status and a long body that is not
     /// Vitally's (a URL pointed at some other service).
     pub foreign_status: Option<u16>,
+    /// Answer REST lookups (get one, user search) 200 with this body instead, as a
+    /// proxy or an API change might: no `id`, or an `error` key.
+    pub lookup_body: Option<serde_json::Value>,
 }
 
 /// Applies the faults to every request except the inspection API.
@@ -57,10 +60,7 @@ pub async fn inject(State(shared): State<AppState>, request: Request, next: Next
 }
 
 async fn serve(shared: &AppState, request: Request, next: Next) -> Response {
-    let (faults, retry_after_header) = {
-        let config = shared.config.lock().unwrap();
-        (config.faults.clone(), config.retry_after_header)
-    };
+    let faults = shared.config.lock().unwrap().faults.clone();
     if faults.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
     }
@@ -96,11 +96,8 @@ async fn serve(shared: &AppState, request: Request, next: Next) -> Response {
                 state.counters.responses_429 += 1;
                 let mut response = (StatusCode::TOO_MANY_REQUESTS, axum::Json(serde_json::json!({"error": "Rate limit exceeded"})))
                     .into_response();
-                let reset = HeaderValue::from(faults.reset_secs.max(1));
-                response.headers_mut().insert("ratelimit-reset", reset.clone());
-                if retry_after_header {
-                    response.headers_mut().insert("retry-after", reset);
-                }
+                // Vitally documents RateLimit-Reset on a 429, and no Retry-After.
+                response.headers_mut().insert("ratelimit-reset", HeaderValue::from(faults.reset_secs.max(1)));
                 return Some(response);
             }
         }

@@ -2,6 +2,9 @@
 //! `shared/vitally-api.md` describes (auth, batch limits, trait merge, accounts
 //! created by user messages, events de-duplicated by `messageId`, the REST rate limit
 //! with its headers), with faults to inject and an API to inspect what it received.
+//! Where the evidence is thin it takes the documented or observed form and nothing
+//! more: error bodies `{"error": ...}`, no `Retry-After`, `RateLimit-Limit` as the
+//! documented list, an empty batch refused (unverified: a client must not rely on it).
 //!
 //! Start it in-process with [`Emulator::start`] (or [`Emulator::spawn`] outside a
 //! tokio runtime), or as the `vitally-emulator` binary.
@@ -30,8 +33,6 @@ pub struct Config {
     /// REST requests allowed per key in a sliding window.
     pub rest_limit: u32,
     pub rest_window: Duration,
-    /// Also send `Retry-After` on a 429 (Vitally's docs only promise `RateLimit-Reset`).
-    pub retry_after_header: bool,
     /// Keep every received message for inspection (turn off for long benchmarks).
     pub record_received: bool,
     pub faults: Faults,
@@ -44,7 +45,6 @@ impl Default for Config {
             rest_token: "test-rest-token".into(),
             rest_limit: 1000,
             rest_window: Duration::from_secs(60),
-            retry_after_header: false,
             record_received: true,
             faults: Faults::default(),
         }

@@ -28,13 +28,15 @@ struct Limit {
     limit: u32,
     remaining: u32,
     reset: u64,
+    window: u64,
 }
+
 
 /// Auth, then the rate limit: `Err` is the answer to send instead of serving.
 fn admit(shared: &AppState, headers: &HeaderMap) -> Result<Limit, Response> {
-    let (token, limit, window, retry_after) = {
+    let (token, limit, window) = {
         let c = shared.config.lock().unwrap();
-        (c.rest_token.clone(), c.rest_limit, c.rest_window, c.retry_after_header)
+        (c.rest_token.clone(), c.rest_limit, c.rest_window)
     };
     let mut state = shared.state.lock().unwrap();
     state.counters.rest_requests += 1;
@@ -58,21 +60,20 @@ fn admit(shared: &AppState, headers: &HeaderMap) -> Result<Limit, Response> {
         state.counters.responses_429 += 1;
         state.counters.rate_limited += 1;
         let mut response = (StatusCode::TOO_MANY_REQUESTS, Json(json!({"error": "Rate limit exceeded"}))).into_response();
-        put_limit_headers(&mut response, &Limit { limit, remaining: 0, reset });
-        if retry_after {
-            response.headers_mut().insert("retry-after", HeaderValue::from(reset));
-        }
+        // RateLimit-Reset says when; Vitally documents no Retry-After.
+        put_limit_headers(&mut response, &Limit { limit, remaining: 0, reset, window: window.as_secs() });
         return Err(response);
     }
     times.push_back(now);
     let remaining = limit - times.len() as u32;
     let reset = reset_in(times);
-    Ok(Limit { limit, remaining, reset })
+    Ok(Limit { limit, remaining, reset, window: window.as_secs() })
 }
 
 fn put_limit_headers(response: &mut Response, limit: &Limit) {
     let h = response.headers_mut();
-    h.insert("ratelimit-limit", HeaderValue::from(limit.limit));
+    // As documented: the limit, then the policy (`1000, 1000;window=60`).
+    h.insert("ratelimit-limit", HeaderValue::from_str(&format!("{}, {};window={}", limit.limit, limit.limit, limit.window)).unwrap());
     h.insert("ratelimit-remaining", HeaderValue::from(limit.remaining));
     h.insert("ratelimit-reset", HeaderValue::from(limit.reset));
 }
@@ -94,9 +95,15 @@ fn serve(shared: &AppState, headers: &HeaderMap, handle: impl FnOnce(&AppState) 
     }
 }
 
-/// Not-found answers use the other error shape seen in Vitally's docs, so clients parse both.
+/// Error bodies as seen live: `{"error": "..."}`. (The not-found status is unverified;
+/// 404 is the guess the docs suggest.)
 fn not_found(what: &str) -> Response {
-    (StatusCode::NOT_FOUND, Json(json!({"statusCode": 404, "message": format!("{what} not found")}))).into_response()
+    (StatusCode::NOT_FOUND, Json(json!({"error": format!("{what} not found")}))).into_response()
+}
+
+/// The body a `lookup_body` fault puts in place of a lookup's answer.
+fn faked_lookup(shared: &AppState) -> Option<Response> {
+    shared.config.lock().unwrap().faults.lookup_body.clone().map(|b| Json(b).into_response())
 }
 
 fn bad_request(message: &str) -> Response {
@@ -112,6 +119,9 @@ async fn get_one(Extract(shared): Extract<AppState>, Path((kind, id)): Path<(Str
         if !KINDS.contains(&kind.as_str()) {
             return not_found("resource");
         }
+        if let Some(faked) = faked_lookup(shared) {
+            return faked;
+        }
         let mut state = shared.state.lock().unwrap();
         match state.find_mut(&kind, &id) {
             Some(o) => Json(show(o)).into_response(),
@@ -122,13 +132,15 @@ async fn get_one(Extract(shared): Extract<AppState>, Path((kind, id)): Path<(Str
 
 async fn search_users(Extract(shared): Extract<AppState>, Query(q): Query<HashMap<String, String>>, headers: HeaderMap) -> Response {
     serve(&shared, &headers, |shared| {
+        if let Some(faked) = faked_lookup(shared) {
+            return faked;
+        }
         let state = shared.state.lock().unwrap();
         let results: Vec<Value> = state
             .users
             .values()
             .filter(|u| {
-                q.get("externalId").is_some_and(|e| *e == u.external_id)
-                    || q.get("email").is_some_and(|e| u.traits.get("email").and_then(Value::as_str) == Some(e))
+                q.get("externalId").is_some_and(|e| *e == u.external_id) || q.get("email").is_some_and(|e| u.email.as_deref() == Some(e))
             })
             .map(show)
             .collect();
@@ -140,7 +152,8 @@ async fn list(Extract(shared): Extract<AppState>, Path(kind): Path<String>, Quer
     serve(&shared, &headers, |shared| {
         let mut state = shared.state.lock().unwrap();
         let Some(store) = state.store(&kind) else { return not_found("resource") };
-        let limit = q.get("limit").and_then(|l| l.parse::<usize>().ok()).unwrap_or(20).clamp(1, 100);
+        // Pages of at most 100, and 100 by default.
+        let limit = q.get("limit").and_then(|l| l.parse::<usize>().ok()).unwrap_or(100).clamp(1, 100);
         let from = q.get("from").cloned().unwrap_or_default();
         let page: Vec<&Object> = store
             .range::<String, _>((std::ops::Bound::Excluded(from), std::ops::Bound::Unbounded))
@@ -167,8 +180,17 @@ async fn update(Extract(shared): Extract<AppState>, Path((kind, id)): Path<(Stri
         if let Some(Value::Object(traits)) = body.get("traits") {
             merge_traits(&mut object.traits, traits);
         }
+        // A REST record's own fields are top-level: `name`, and for users `email` and
+        // `avatar` (a `traits.email` here is only a trait).
         if let Some(Value::String(name)) = body.get("name") {
             object.name = Some(name.clone());
+        }
+        if kind == "users" {
+            for (field, slot) in [("email", &mut object.email), ("avatar", &mut object.avatar)] {
+                if let Some(Value::String(v)) = body.get(field) {
+                    *slot = Some(v.clone());
+                }
+            }
         }
         object.updates += 1;
         let shown = show(object);
@@ -191,6 +213,10 @@ async fn nps_response(Extract(shared): Extract<AppState>, headers: HeaderMap, bo
         let Some(user_id) = body.get("userId").and_then(Value::as_str).map(str::to_string) else {
             return bad_request("userId is required");
         };
+        let responded = body.get("respondedAt").and_then(Value::as_str).is_some_and(|t| chrono::DateTime::parse_from_rfc3339(t).is_ok());
+        if !responded {
+            return bad_request("respondedAt is required: an ISO-8601 date-time");
+        }
         let record = shared.config.lock().unwrap().record_received;
         let mut state = shared.state.lock().unwrap();
         // The REST API takes Vitally's user id here, not yours.

@@ -12,6 +12,12 @@ pub struct Object {
     pub id: String,
     pub external_id: String,
     pub name: Option<String>,
+    /// Users only: top-level on a REST user (set by `traits.email` / `traits.avatar`
+    /// in the Analytics API, by `email` / `avatar` in a REST update).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub avatar: Option<String>,
     pub traits: Map<String, Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub organization_id: Option<String>,
@@ -73,6 +79,8 @@ fn new_object(external_id: &str) -> Object {
         id: uuid::Uuid::new_v4().to_string(),
         external_id: external_id.to_string(),
         name: None,
+        email: None,
+        avatar: None,
         traits: Map::new(),
         organization_id: None,
         account_ids: Vec::new(),
@@ -114,6 +122,9 @@ impl State {
         let store = self.store(kind).expect("kind is accounts, users or organizations");
         let object = store.entry(external_id.to_string()).or_insert_with(|| new_object(external_id));
         if let Value::Object(t) = traits {
+            if kind == "users" {
+                object.email = t.get("email").and_then(Value::as_str).map(str::to_string).or(object.email.take());
+            }
             merge_traits(&mut object.traits, &t);
         }
         object.clone()

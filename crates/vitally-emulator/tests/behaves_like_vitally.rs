@@ -35,8 +35,52 @@ async fn start(config: Config) -> (Emulator, Http) {
 #[tokio::test]
 async fn answers_as_soon_as_start_returns() {
     let (_e, http) = start(Config::default()).await;
-    let (status, body) = http.post("/analytics/v1/batch", A, json!([])).await;
+    let (status, body) = http.post("/analytics/v1/batch", A, json!([{"type": "account", "accountId": "a", "messageId": "m"}])).await;
     assert_eq!((status, body), (200, json!({"message": "Success."})));
+}
+
+#[tokio::test]
+async fn an_empty_batch_is_refused_as_nothing_promises_it_is_accepted() {
+    let (_e, http) = start(Config::default()).await;
+    let (status, body) = http.post("/analytics/v1/batch", A, json!([])).await;
+    assert_eq!((status, body["error"].as_str().unwrap()), (400, "a batch needs at least one message"));
+    assert_eq!(http.post("/analytics/v1/batch", "Basic nope", json!([])).await.0, 401, "the key is checked first");
+}
+
+#[tokio::test]
+async fn rest_answers_in_the_documented_forms() {
+    let (e, http) = start(Config::default()).await;
+    for i in 0..150 {
+        e.seed("accounts", &format!("a{i:03}"), json!({}));
+    }
+    let (status, page, headers) = http.get("/resources/accounts", R).await;
+    assert_eq!(status, 200);
+    assert_eq!(page["results"].as_array().unwrap().len(), 100, "pages of 100 by default");
+    assert_eq!(headers["ratelimit-limit"], "1000, 1000;window=60", "the documented list form");
+    assert!(headers.get("retry-after").is_none());
+    let (status, body, _) = http.get("/resources/accounts/nope", R).await;
+    assert_eq!((status, body), (404, json!({"error": "account not found"})));
+    // NPS: userId (Vitally's), score and respondedAt are all required.
+    let user = e.seed("users", "u1", json!({}));
+    let r = http.post("/resources/npsResponses", R, json!({"userId": user.id, "score": 9})).await;
+    assert_eq!((r.0, r.1["error"].as_str().unwrap()), (400, "respondedAt is required: an ISO-8601 date-time"));
+    let r = http.post("/resources/npsResponses", R, json!({"userId": user.id, "score": 9, "respondedAt": "2026-06-01T10:00:00Z"})).await;
+    assert_eq!(r.0, 200);
+    // A REST user's email is top-level; traits.email there is only a trait.
+    let put = http
+        .http
+        .put(format!("{}/resources/users/{}", http.base, user.id))
+        .header("authorization", R)
+        .json(&json!({"email": "jane@acme.com", "traits": {"email": "trait@x.io"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    assert_eq!(e.object("users", "u1").unwrap().email.as_deref(), Some("jane@acme.com"));
+    e.update_config(|c| c.rest_limit = 1);
+    let (status, _, h) = http.get("/resources/accounts", R).await;
+    assert_eq!(status, 429);
+    assert!(h.get("retry-after").is_none() && h.get("ratelimit-reset").is_some(), "429: RateLimit-Reset, no Retry-After");
 }
 
 #[tokio::test]
@@ -98,7 +142,7 @@ async fn rest_lists_pages_and_searches_users() {
     let (_, page, _) = http.get("/resources/accounts?limit=2&from=a3", R).await;
     assert_eq!(page["results"][0]["externalId"], "a4");
     assert!(page["next"].is_null());
-    assert_eq!(headers["ratelimit-limit"], "1000");
+    assert_eq!(headers["ratelimit-limit"], "1000, 1000;window=60");
     let (_, found, _) = http.get("/resources/users/search?email=jane@acme.com", R).await;
     assert_eq!(found["results"][0]["externalId"], "u1");
 }
@@ -122,9 +166,10 @@ async fn faults_change_at_run_time_through_the_control_api() {
     let (e, http) = start(Config::default()).await;
     let r = http.http.put(format!("{}/_emulator/faults", http.base)).json(&json!({"down": true})).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(http.post("/analytics/v1/batch", A, json!([])).await.0, 503);
+    let one = json!([{"type": "account", "accountId": "a", "messageId": "m"}]);
+    assert_eq!(http.post("/analytics/v1/batch", A, one.clone()).await.0, 503);
     e.set_faults(Faults::default());
-    assert_eq!(http.post("/analytics/v1/batch", A, json!([])).await.0, 200);
+    assert_eq!(http.post("/analytics/v1/batch", A, one).await.0, 200);
     let r = http.http.post(format!("{}/_emulator/reset", http.base)).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(e.counters().requests, 0);

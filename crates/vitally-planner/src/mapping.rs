@@ -1,7 +1,7 @@
 //! Mappings resolved against the columns of a sync's query: which column gives which
 //! Vitally field. With no mappings, the conventions of `sql-api.md` apply.
 
-use crate::definition::{Object, PlanError};
+use crate::definition::{Behavior, Object, PlanError};
 use serde_json::{Map, Value};
 
 /// How a column's values become JSON.
@@ -51,6 +51,7 @@ pub struct Field {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     pub object: Object,
+    pub behavior: Behavior,
     pub key: Column,
     pub fields: Vec<Field>,
 }
@@ -98,7 +99,7 @@ fn allowed(object: Object) -> String {
 }
 
 /// Resolves `mappings` (None: the conventions) against the query's `columns`.
-pub fn plan(object: Object, sync_key: &str, columns: &[Column], mappings: Option<&Value>) -> Result<Plan, PlanError> {
+pub fn plan(object: Object, behavior: Behavior, sync_key: &str, columns: &[Column], mappings: Option<&Value>) -> Result<Plan, PlanError> {
     for (i, c) in columns.iter().enumerate() {
         if columns[..i].iter().any(|d| d.name == c.name) {
             return Err(PlanError::DuplicateColumn(c.name.clone()));
@@ -112,7 +113,7 @@ pub fn plan(object: Object, sync_key: &str, columns: &[Column], mappings: Option
         Some(Value::Object(m)) => explicit(object, m, columns)?,
         Some(_) => return Err(PlanError::MappingsNotObject),
     };
-    let plan = Plan { object, key, fields };
+    let plan = Plan { object, behavior, key, fields };
     plan.check_required(mappings.is_some_and(|m| !m.is_null()))?;
     Ok(plan)
 }
@@ -184,7 +185,8 @@ impl Plan {
         };
         let missing = |what: String| Err(PlanError::MissingRequired(what));
         match self.object {
-            Object::User if self.top("accountIds").is_none() => {
+            // An update-only user exists already: Vitally's REST update takes traits alone.
+            Object::User if self.top("accountIds").is_none() && self.behavior != Behavior::UpdateOnly => {
                 missing(format!("a user sync needs each user's accounts: {}", how("account_ids", "accountIds")))
             }
             Object::Event if self.top("event").is_none() => missing(format!("an event sync needs the event's name: {}", how("event", "event"))),
@@ -194,6 +196,9 @@ impl Plan {
             )),
             Object::NpsResponse if self.top("userId").is_none() => missing(format!("an NPS response sync needs the user: {}", how("user_id", "userId"))),
             Object::NpsResponse if self.top("score").is_none() => missing(format!("an NPS response sync needs the score: {}", how("score", "score"))),
+            Object::NpsResponse if self.top("respondedAt").is_none() => {
+                missing(format!("an NPS response sync needs when each response was given (Vitally requires it): {}", how("responded_at", "respondedAt")))
+            }
             _ => Ok(()),
         }
     }
@@ -211,7 +216,7 @@ mod tests {
     #[test]
     fn conventions_for_users_make_every_other_column_a_trait() {
         let c = cols(&[("id", ColumnType::Other), ("account_ids", ColumnType::Array), ("organization_id", ColumnType::Other), ("email", ColumnType::Other)]);
-        let p = plan(Object::User, "id", &c, None).unwrap();
+        let p = plan(Object::User, Behavior::Upsert, "id", &c, None).unwrap();
         let targets: Vec<&Target> = p.fields.iter().map(|f| &f.target).collect();
         assert_eq!(targets, vec![&Target::Top("accountIds"), &Target::Top("organizationId"), &Target::Trait("email".into())]);
     }
@@ -219,15 +224,40 @@ mod tests {
     #[test]
     fn a_user_sync_without_accounts_is_refused_with_how_to_fix_it() {
         let c = cols(&[("id", ColumnType::Other), ("email", ColumnType::Other)]);
-        let err = plan(Object::User, "id", &c, None).unwrap_err();
+        let err = plan(Object::User, Behavior::Upsert, "id", &c, None).unwrap_err();
         assert_eq!(err.to_string(), "a user sync needs each user's accounts: add a column named account_ids to the query (or map accountIds)");
+        // An update-only user exists in Vitally already: its traits are enough.
+        let p = plan(Object::User, Behavior::UpdateOnly, "id", &c, None).unwrap();
+        assert!(!p.validation_sql().contains("at least one account"));
+    }
+
+    #[test]
+    fn an_nps_sync_needs_when_each_response_was_given() {
+        let c = cols(&[("id", ColumnType::Other), ("user_id", ColumnType::Other), ("score", ColumnType::Other)]);
+        let err = plan(Object::NpsResponse, Behavior::Upsert, "id", &c, None).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "an NPS response sync needs when each response was given (Vitally requires it): add a column named responded_at to the query (or map respondedAt)"
+        );
+        let mut c = c;
+        c.push(cols(&[("responded_at", ColumnType::TimestampTz)]).remove(0));
+        let sql = plan(Object::NpsResponse, Behavior::Upsert, "id", &c, None).unwrap().validation_sql();
+        assert!(sql.contains("respondedAt is required: responded_at is NULL or empty"), "{sql}");
+        assert!(!sql.contains("ISO-8601"), "a timestamptz column is always well formed");
+    }
+
+    #[test]
+    fn a_text_timestamp_is_checked_before_sending() {
+        let c = cols(&[("id", ColumnType::Other), ("event", ColumnType::Other), ("user_id", ColumnType::Other), ("timestamp", ColumnType::Other)]);
+        let sql = plan(Object::Event, Behavior::Append, "id", &c, None).unwrap().validation_sql();
+        assert!(sql.contains("timestamp must be an ISO-8601 date-time with a time zone"), "{sql}");
     }
 
     #[test]
     fn explicit_mappings_send_only_what_they_name() {
         let c = cols(&[("id", ColumnType::Other), ("name", ColumnType::Other), ("secret", ColumnType::Other), ("org", ColumnType::Other)]);
         let m = json!({"traits.company_name": "name", "organizationId": "org"});
-        let p = plan(Object::Account, "id", &c, Some(&m)).unwrap();
+        let p = plan(Object::Account, Behavior::Upsert, "id", &c, Some(&m)).unwrap();
         assert_eq!(p.fields.len(), 2);
         assert!(p.fields.iter().any(|f| f.target == Target::Trait("company_name".into()) && f.column.name == "name"));
     }
@@ -235,35 +265,35 @@ mod tests {
     #[test]
     fn mapping_errors_name_the_problem() {
         let c = cols(&[("id", ColumnType::Other), ("name", ColumnType::Other)]);
-        let err = plan(Object::Account, "id", &c, Some(&json!({"traits.x": "nope"}))).unwrap_err();
+        let err = plan(Object::Account, Behavior::Upsert, "id", &c, Some(&json!({"traits.x": "nope"}))).unwrap_err();
         assert_eq!(err.to_string(), "the mapping of \"traits.x\" names column \"nope\", which is not in the query's result; its columns are: id, name");
-        let err = plan(Object::Account, "id", &c, Some(&json!({"score": "name"}))).unwrap_err();
+        let err = plan(Object::Account, Behavior::Upsert, "id", &c, Some(&json!({"score": "name"}))).unwrap_err();
         assert_eq!(err.to_string(), "\"score\" is not a field of a account: use organizationId, traits.<name>");
-        let err = plan(Object::Account, "uid", &c, None).unwrap_err();
+        let err = plan(Object::Account, Behavior::Upsert, "uid", &c, None).unwrap_err();
         assert_eq!(err.to_string(), "the sync key column \"uid\" is not in the query's result; its columns are: id, name");
-        let err = plan(Object::Event, "id", &c, Some(&json!({"traits.a": "name"}))).unwrap_err();
+        let err = plan(Object::Event, Behavior::Upsert, "id", &c, Some(&json!({"traits.a": "name"}))).unwrap_err();
         assert!(matches!(err, PlanError::UnknownField { .. }));
     }
 
     #[test]
     fn events_need_a_name_and_an_actor() {
         let c = cols(&[("id", ColumnType::Other), ("event", ColumnType::Other)]);
-        let err = plan(Object::Event, "id", &c, None).unwrap_err();
+        let err = plan(Object::Event, Behavior::Upsert, "id", &c, None).unwrap_err();
         assert!(err.to_string().contains("who did it"), "{err}");
         let c = cols(&[("id", ColumnType::Other), ("event", ColumnType::Other), ("user_id", ColumnType::Other), ("plan", ColumnType::Other)]);
-        let p = plan(Object::Event, "id", &c, None).unwrap();
+        let p = plan(Object::Event, Behavior::Upsert, "id", &c, None).unwrap();
         assert!(p.fields.iter().any(|f| f.target == Target::Property("plan".into())));
     }
 
     #[test]
     fn nps_needs_user_and_score() {
         let c = cols(&[("id", ColumnType::Other), ("user_id", ColumnType::Other)]);
-        assert!(plan(Object::NpsResponse, "id", &c, None).unwrap_err().to_string().contains("score"));
+        assert!(plan(Object::NpsResponse, Behavior::Upsert, "id", &c, None).unwrap_err().to_string().contains("score"));
     }
 
     #[test]
     fn duplicate_column_names_are_refused() {
         let c = cols(&[("id", ColumnType::Other), ("x", ColumnType::Other), ("x", ColumnType::Other)]);
-        assert_eq!(plan(Object::Account, "id", &c, None), Err(PlanError::DuplicateColumn("x".into())));
+        assert_eq!(plan(Object::Account, Behavior::Upsert, "id", &c, None), Err(PlanError::DuplicateColumn("x".into())));
     }
 }

@@ -27,6 +27,10 @@ pub fn quote_literal(text: &str) -> String {
 
 const ISO_UTC: &str = r#"'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'"#;
 
+/// A date-time as Vitally's Analytics and REST APIs take it (RFC 3339: date, time with
+/// seconds, a zone), as a regular expression literal.
+const ISO_8601: &str = r"E'^\\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\\d|3[01])T([01]\\d|2[0-3]):[0-5]\\d:[0-5]\\d(\\.\\d+)?(Z|[+-]([01]\\d|2[0-3]):[0-5]\\d)$'";
+
 /// The JSON value of a column, given how to refer to it.
 fn value(reference: &str, ty: ColumnType) -> String {
     let c = reference;
@@ -185,6 +189,31 @@ impl Plan {
         }
     }
 
+    /// The check of a date-time field given by a column that is not a timestamp (text,
+    /// JSON): ISO-8601 with a time and a zone, as Vitally takes it, so a malformed value
+    /// makes its own record invalid rather than its whole batch refused. `required`:
+    /// NULL or empty is invalid too.
+    fn timestamp_check(&self, field: &str, required: bool) -> Vec<String> {
+        let column = self.top(field);
+        let name = self.column_named(field);
+        let value = format!("p.payload->>{}", quote_literal(field));
+        let mut cases = Vec::new();
+        if required {
+            cases.push(format!("WHEN coalesce({value}, '') = '' THEN {}", quote_literal(&format!("{field} is required: {name} is NULL or empty"))));
+        }
+        if column.is_some_and(|c| !matches!(c.ty, ColumnType::TimestampTz | ColumnType::Timestamp)) {
+            cases.push(format!(
+                "WHEN coalesce({value}, '') <> '' AND (jsonb_typeof(p.payload->{field_lit}) <> 'string' OR {value} !~ {ISO_8601}) \
+                 THEN format({message}, p.payload->{field_lit})",
+                field_lit = quote_literal(field),
+                message = quote_literal(&format!(
+                    "{field} must be an ISO-8601 date-time with a time zone, like 2026-06-01T10:00:00Z, got %s: cast {name} to timestamptz in the query, or fix its text"
+                )),
+            ));
+        }
+        cases
+    }
+
     fn column_named(&self, field: &str) -> String {
         self.top(field).map(|c| c.name.clone()).unwrap_or_else(|| field.to_string())
     }
@@ -203,10 +232,11 @@ impl Plan {
         ];
         let empty = |field: &str| format!("coalesce(p.payload->>{}, '') = ''", quote_literal(field));
         match self.object {
-            Object::User => cases.push(format!(
+            Object::User if self.top("accountIds").is_some() && self.behavior != crate::definition::Behavior::UpdateOnly => cases.push(format!(
                 "WHEN NOT jsonb_path_exists(p.payload->'accountIds', '$[*] ? (@ != null && @ != \"\")') THEN {}",
                 quote_literal(&format!("a user needs at least one account: {} is NULL or empty", self.column_named("accountIds")))
             )),
+            Object::User => {}
             Object::Event => {
                 cases.push(format!(
                     "WHEN {} THEN {}",
@@ -221,6 +251,7 @@ impl Plan {
                     empty("organizationId"),
                     quote_literal(&format!("an event needs someone who did it: {} NULL or empty", describe_all(&actors)))
                 ));
+                cases.extend(self.timestamp_check("timestamp", false));
             }
             Object::NpsResponse => {
                 cases.push(format!(
@@ -228,6 +259,7 @@ impl Plan {
                     empty("userId"),
                     quote_literal(&format!("an NPS response needs a user: {} is NULL or empty", self.column_named("userId")))
                 ));
+                cases.extend(self.timestamp_check("respondedAt", true));
                 // Nested CASE: Postgres does not promise the order in which AND evaluates.
                 cases.push(
                     "WHEN CASE WHEN jsonb_typeof(p.payload->'score') = 'number' \
@@ -299,20 +331,20 @@ mod tests {
     fn more_than_50_traits_are_built_in_chunks() {
         let mut columns = vec![col("id", ColumnType::Other)];
         columns.extend((0..120).map(|i| col(&format!("c{i}"), ColumnType::Other)));
-        let p = plan(Object::Organization, "id", &columns, None).unwrap();
+        let p = plan(Object::Organization, crate::definition::Behavior::Upsert, "id", &columns, None).unwrap();
         let sql = p.payload_sql(&Options::default());
         assert_eq!(sql.matches("jsonb_build_object(").count(), 1 + 3, "one for the top level, three for 120 traits");
     }
 
     #[test]
     fn timestamps_become_utc_iso_strings() {
-        let p = plan(Object::Account, "id", &[col("id", ColumnType::Other), col("seen", ColumnType::TimestampTz)], None).unwrap();
+        let p = plan(Object::Account, crate::definition::Behavior::Upsert, "id", &[col("id", ColumnType::Other), col("seen", ColumnType::TimestampTz)], None).unwrap();
         assert!(p.payload_sql(&Options::default()).contains("AT TIME ZONE 'UTC'"));
     }
 
     #[test]
     fn the_query_cannot_swallow_the_closing_parenthesis_with_a_comment() {
-        let p = plan(Object::Organization, "id", &[col("id", ColumnType::Other)], None).unwrap();
+        let p = plan(Object::Organization, crate::definition::Behavior::Upsert, "id", &[col("id", ColumnType::Other)], None).unwrap();
         let sql = p.stage_sql("SELECT 1 AS id -- trailing comment", 7, None);
         assert!(sql.contains("-- trailing comment\n) q"));
     }
@@ -321,7 +353,7 @@ mod tests {
     fn values_postgres_cannot_hash_are_hashed_as_text() {
         let mut spot = col("spot", ColumnType::Other);
         spot.hashable = false;
-        let p = plan(Object::Account, "id", &[col("id", ColumnType::Other), spot, col("doc", ColumnType::Json)], None).unwrap();
+        let p = plan(Object::Account, crate::definition::Behavior::Upsert, "id", &[col("id", ColumnType::Other), spot, col("doc", ColumnType::Json)], None).unwrap();
         let sql = p.stage_sql("SELECT 1", 3, None);
         assert!(sql.contains("pg_catalog.hash_record_extended(ROW((q.\"id\")::text, (q.\"spot\")::text, (q.\"doc\")::jsonb), 3)"), "{sql}");
     }
@@ -330,7 +362,7 @@ mod tests {
     fn a_column_mapped_twice_is_kept_once() {
         let columns = [col("id", ColumnType::Other), col("name", ColumnType::Other)];
         let m = serde_json::json!({"traits.a": "name", "traits.b": "name"});
-        let p = plan(Object::Account, "id", &columns, Some(&m)).unwrap();
+        let p = plan(Object::Account, crate::definition::Behavior::Upsert, "id", &columns, Some(&m)).unwrap();
         assert_eq!(p.kept_columns().len(), 1);
         assert!(p.stage_sql("SELECT 1", 0, None).contains("q.\"name\" AS c1"));
     }
@@ -338,8 +370,8 @@ mod tests {
     #[test]
     fn the_fingerprint_changes_with_the_mapping_and_options() {
         let columns = [col("id", ColumnType::Other), col("name", ColumnType::Other)];
-        let a = plan(Object::Account, "id", &columns, None).unwrap();
-        let b = plan(Object::Account, "id", &columns, Some(&serde_json::json!({"traits.n": "name"}))).unwrap();
+        let a = plan(Object::Account, crate::definition::Behavior::Upsert, "id", &columns, None).unwrap();
+        let b = plan(Object::Account, crate::definition::Behavior::Upsert, "id", &columns, Some(&serde_json::json!({"traits.n": "name"}))).unwrap();
         assert_ne!(a.fingerprint(&Options::default()), b.fingerprint(&Options::default()));
         assert_ne!(a.fingerprint(&Options::default()), a.fingerprint(&Options { skip_nulls: true, ..Options::default() }));
     }

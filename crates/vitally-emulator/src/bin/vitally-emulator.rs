@@ -24,9 +24,6 @@ struct Args {
     /// The REST rate-limit window in seconds.
     #[arg(long, default_value_t = 60)]
     rest_window_secs: u64,
-    /// Also send Retry-After on 429s.
-    #[arg(long)]
-    retry_after: bool,
     /// Milliseconds added to every API request.
     #[arg(long, default_value_t = 0)]
     latency_ms: u64,
@@ -51,7 +48,6 @@ fn main() {
         rest_token: args.rest_token,
         rest_limit: args.rest_limit,
         rest_window: Duration::from_secs(args.rest_window_secs),
-        retry_after_header: args.retry_after,
         record_received: !args.no_record,
         faults: Faults {
             latency_ms: args.latency_ms,

@@ -31,7 +31,7 @@ fn create_returns_id_and_view_shows_whether_keys_are_set() {
     assert_eq!(row.get::<_, &str>(0), "prod");
     assert_eq!(row.get::<_, &str>(1), "us");
     assert_eq!(row.get::<_, &str>(2), "acme");
-    assert_eq!(row.get::<_, &str>(3), "https://api.vitally.io/analytics/v1");
+    assert_eq!(row.get::<_, &str>(3), "https://acme.api.vitally.io/analytics/v1", "the workspace's own Analytics host, as documented");
     assert_eq!(row.get::<_, &str>(4), "http://127.0.0.1:8787/resources");
     assert!(row.get::<_, bool>(5));
     assert!(!row.get::<_, bool>(6));
@@ -72,10 +72,16 @@ fn alter_changes_only_the_arguments_given() {
     let mut db = fresh_database(cluster(), "dest_alter");
     db.batch_execute(
         "SELECT vitally.create_destination('d', analytics_api_key => 'ak', subdomain => 'acme', region => 'us');
-         SELECT vitally.alter_destination('d', rest_api_key => 'Basic cmVzdA==');
-         SELECT vitally.alter_destination('d', region => 'eu');",
+         SELECT vitally.alter_destination('d', rest_api_key => 'Basic cmVzdA==');",
     )
     .unwrap();
+    // No EU Analytics host is documented: an EU destination with an Analytics key names it.
+    let err = sql_error(db.batch_execute("SELECT vitally.alter_destination('d', region => 'eu')"));
+    assert_eq!(err.code, "22023", "{}", err.message);
+    assert!(err.message.contains("an EU destination with an Analytics key needs analytics_url"), "{}", err.message);
+    assert!(err.hint.unwrap().contains("analytics_url =>"));
+    db.batch_execute("SELECT vitally.alter_destination('d', region => 'eu', analytics_url => 'https://acme.api.vitally-eu.io/analytics/v1', analytics_api_key => 'ak')")
+        .unwrap();
     let row = db
         .query_one("SELECT region, subdomain, analytics_api_key_set, rest_api_key_set, rest_url FROM vitally.destinations", &[])
         .unwrap();

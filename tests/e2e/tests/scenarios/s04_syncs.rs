@@ -15,7 +15,7 @@ const SETUP: &str = "
     CREATE TABLE people (id int PRIMARY KEY, email text, account_ids text[], organization_id text);
     CREATE TABLE accounts (id text PRIMARY KEY, name text, organization_id text);
     CREATE TABLE events (id bigint PRIMARY KEY, event text, user_id int, at timestamptz);
-    CREATE TABLE nps (id int PRIMARY KEY, user_id int, score int, feedback text);
+    CREATE TABLE nps (id int PRIMARY KEY, user_id int, score int, feedback text, responded_at timestamptz);
 ";
 
 fn every_object_and_behavior_can_be_defined() {
@@ -31,7 +31,7 @@ fn every_object_and_behavior_can_be_defined() {
          SELECT vitally.create_sync('o2', 'd', 'organization', 'update_only', 'SELECT organization_id AS id FROM accounts', 'id');
          SELECT vitally.create_sync(name => 'e1', destination => 'd', object => 'event',
                 query => 'SELECT id, event, user_id, at AS timestamp FROM events');
-         SELECT vitally.create_sync('n1', 'd', 'nps_response', 'upsert', 'SELECT id, user_id, score, feedback FROM nps', 'id');",
+         SELECT vitally.create_sync('n1', 'd', 'nps_response', 'upsert', 'SELECT id, user_id, score, feedback, responded_at FROM nps', 'id');",
     )
     .unwrap();
     let listed: String = scalar(&mut db, "SELECT string_agg(name || ':' || object || ':' || behavior, ' ' ORDER BY name) FROM vitally.syncs");

@@ -136,8 +136,9 @@ fn a_bad_row_is_recorded_invalid_and_never_blocks_the_others() {
                                 ('big', repeat('x', 1000000)), ('ok2', 'y');
          CREATE TABLE ev (id int, event text, user_id text, account_id text);
          INSERT INTO ev VALUES (1, 'Login', 'u', NULL), (2, NULL, 'u', NULL), (3, 'Login', NULL, NULL);
-         CREATE TABLE nps (id int, user_id text, score numeric);
-         INSERT INTO nps VALUES (1, 'u', 9), (2, 'u', 11), (3, 'u', 7.5), (4, NULL, 3), (5, 'u', NULL);
+         CREATE TABLE nps (id int, user_id text, score numeric, responded_at text);
+         INSERT INTO nps VALUES (1, 'u', 9, '2026-06-01T10:00:00Z'), (2, 'u', 11, '2026-06-01T10:00:00Z'), (3, 'u', 7.5, '2026-06-01T10:00:00Z'),
+                                (4, NULL, 3, '2026-06-01T10:00:00Z'), (5, 'u', NULL, '2026-06-01T10:00:00Z'), (6, 'u', 8, NULL), (7, 'u', 8, 'yesterday');
          SELECT vitally.create_sync('acc', 'd', 'account', 'upsert', 'SELECT * FROM acc', 'id');
          SELECT vitally.create_sync('ev', 'd', 'event', 'append', 'SELECT * FROM ev', 'id');
          SELECT vitally.create_sync('nps', 'd', 'nps_response', 'upsert', 'SELECT * FROM nps', 'id');",
@@ -169,6 +170,8 @@ fn a_bad_row_is_recorded_invalid_and_never_blocks_the_others() {
             "nps:3: score must be a whole number from 0 to 10, got 7.5",
             "nps:4: an NPS response needs a user: user_id is NULL or empty",
             "nps:5: score must be a whole number from 0 to 10, got NULL",
+            "nps:6: respondedAt is required: responded_at is NULL or empty",
+            "nps:7: respondedAt must be an ISO-8601 date-time with a time zone, like 2026-06-01T10:00:00Z, got \"yesterday\": cast responded_at to timestamptz in the query, or fix its text",
         ]
     );
     let pending: i64 = scalar(&mut db, "SELECT count(*) FROM vitally.records WHERE status = 'pending'");

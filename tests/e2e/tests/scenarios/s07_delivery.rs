@@ -10,7 +10,7 @@ crate::trials!("07_delivery":
     a_storm_of_5xx_delays_records_but_loses_none,
     rate_limited_answers_use_no_attempt,
     a_message_type_vitally_blocks_fails_with_vitallys_reason,
-    one_malformed_record_in_a_batch_of_100_fails_alone,
+    a_malformed_event_time_is_invalid_before_sending_and_never_splits_a_batch,
     a_wrong_key_fails_with_a_hint_and_retry_failed_sends_again,
     one_destinations_trouble_never_holds_up_another,
     update_only_updates_what_exists_and_skips_the_rest,
@@ -108,29 +108,33 @@ fn a_message_type_vitally_blocks_fails_with_vitallys_reason() {
     assert_eq!(row.get::<_, i32>(3), 1, "a rejection is final at once");
 }
 
-fn one_malformed_record_in_a_batch_of_100_fails_alone() {
+fn a_malformed_event_time_is_invalid_before_sending_and_never_splits_a_batch() {
     let vitally = emulator(Faults::default());
     let mut db = app();
     emulator_destination(&mut db, "dl_split", &vitally);
     db.batch_execute(
         "CREATE TABLE dl_split AS SELECT g AS id, 'Viewed' AS event, 'u' || g AS user_id,
-                CASE WHEN g = 37 THEN 'not a date' ELSE '2026-06-01T10:00:00Z' END AS timestamp
+                CASE WHEN g = 37 THEN 'not a date' WHEN g = 38 THEN '2026-13-01T10:00:00Z' ELSE '2026-06-01T10:00:00Z' END AS timestamp
            FROM generate_series(1, 100) g;
          SELECT vitally.create_sync('dl_split', 'dl_split', 'event', 'append', 'SELECT * FROM dl_split', 'id');",
     )
     .unwrap();
     assert_eq!(sync_and_wait(&mut db, "dl_split", 60), "partially_failed");
     let row = db
-        .query_one("SELECT records_delivered, records_failed FROM vitally.sync_runs WHERE sync_name = 'dl_split'", &[])
+        .query_one("SELECT records_delivered, records_invalid FROM vitally.sync_runs WHERE sync_name = 'dl_split'", &[])
         .unwrap();
-    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (99, 1));
-    let (key, error): (String, String) = {
-        let r = db.query_one("SELECT sync_key, error FROM vitally.records WHERE sync_name = 'dl_split' AND status = 'failed'", &[]).unwrap();
-        (r.get(0), r.get(1))
-    };
-    assert_eq!(key, "37");
-    assert_eq!(error, "message 0: timestamp \"not a date\" is not an ISO-8601 date-time");
-    assert_eq!(vitally.count("events"), 99);
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (98, 2));
+    let invalid: Vec<(String, String)> = db
+        .query("SELECT sync_key, error FROM vitally.records WHERE sync_name = 'dl_split' AND status = 'invalid' ORDER BY sync_key", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(invalid[0].0, "37");
+    assert!(invalid[0].1.starts_with("timestamp must be an ISO-8601 date-time with a time zone, like 2026-06-01T10:00:00Z, got \"not a date\""), "{invalid:?}");
+    assert_eq!(invalid[1].0, "38", "month 13");
+    assert_eq!(vitally.count("events"), 98);
+    assert_eq!(vitally.counters().analytics_requests, 1, "one batch, never split");
 }
 
 fn a_wrong_key_fails_with_a_hint_and_retry_failed_sends_again() {
@@ -210,8 +214,12 @@ fn check_destination_makes_one_real_request_per_api() {
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect();
-    assert_eq!(rows, vec![("analytics".into(), true, Some(200)), ("rest".into(), true, Some(200))]);
-    assert_eq!(vitally.counters().requests, 2);
+    // The emulator refuses the empty batch (400), as nothing promises Vitally takes it:
+    // only a 401/403 says the key is wrong.
+    assert_eq!(rows, vec![("analytics".into(), true, Some(400)), ("rest".into(), true, Some(200))]);
+    let detail: String = scalar(&mut db, "SELECT detail FROM vitally.check_destination('dl_check') WHERE api = 'analytics'");
+    assert!(detail.contains("accepted the key"), "{detail}");
+    assert_eq!(vitally.counters().requests, 4, "one request per API per check");
 
     db.batch_execute("SELECT vitally.alter_destination('dl_check', rest_api_key => 'nope')").unwrap();
     let (ok, status, detail): (bool, Option<i32>, String) = {

@@ -10,6 +10,8 @@ crate::trials!("09_rest_and_users":
     nps_responses_are_created_then_updated,
     a_user_moved_from_one_account_to_another,
     update_only_under_a_tight_rate_limit_fails_nothing,
+    update_only_users_need_no_accounts_and_get_their_own_fields_top_level,
+    an_analytics_url_without_its_path_fails_every_record_with_a_hint,
 );
 
 fn update_only_on_500_accounts_of_which_100_are_missing() {
@@ -39,7 +41,7 @@ fn nps_responses_are_created_then_updated() {
     let mut db = cluster().admin(APP_DB);
     emulator_destination(&mut db, "nps", &vitally);
     db.batch_execute(
-        "CREATE TABLE nps AS SELECT * FROM (VALUES ('r1', 'nps_u1', 6, 'meh'), ('r2', 'nps_nobody', 9, NULL)) v(id, user_id, score, feedback);
+        "CREATE TABLE nps AS SELECT *, now() AS responded_at FROM (VALUES ('r1', 'nps_u1', 6, 'meh'), ('r2', 'nps_nobody', 9, NULL)) v(id, user_id, score, feedback);
          SELECT vitally.create_sync('nps', 'nps', 'nps_response', 'upsert', 'SELECT * FROM nps', 'id');",
     )
     .unwrap();
@@ -101,4 +103,52 @@ fn update_only_under_a_tight_rate_limit_fails_nothing() {
     assert_eq!(delivered, 150);
     let limited = vitally.counters().rate_limited;
     assert!(limited <= 5, "a handful of 429s at most, got {limited}");
+}
+
+fn update_only_users_need_no_accounts_and_get_their_own_fields_top_level() {
+    let vitally = emulator(Faults::default());
+    vitally.seed("users", "uou_1", json!({"plan": "free"}));
+    let mut db = cluster().admin(APP_DB);
+    emulator_destination(&mut db, "uou", &vitally);
+    // No account_ids: the user exists, and Vitally's REST update takes traits alone.
+    db.batch_execute(
+        "CREATE TABLE uou AS SELECT * FROM (VALUES ('uou_1', 'jane@acme.com', 'Jane Doe', 'https://x.io/j.png', 'pro'),
+                                                  ('uou_2', 'nobody@acme.com', 'Nobody', NULL, 'pro')) v(id, email, name, avatar, plan);
+         SELECT vitally.create_sync('uou', 'uou', 'user', 'update_only', 'SELECT * FROM uou');",
+    )
+    .unwrap();
+    assert_eq!(sync_and_wait(&mut db, "uou", 60), "succeeded");
+    let row = db.query_one("SELECT records_delivered, records_skipped FROM vitally.sync_runs WHERE sync_name = 'uou'", &[]).unwrap();
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (1, 1));
+    let user = vitally.object("users", "uou_1").unwrap();
+    assert_eq!(user.email.as_deref(), Some("jane@acme.com"), "a REST user's email is top-level");
+    assert_eq!(user.avatar.as_deref(), Some("https://x.io/j.png"));
+    assert_eq!(user.name.as_deref(), Some("Jane Doe"));
+    assert_eq!(serde_json::Value::Object(user.traits), json!({"plan": "pro"}), "and not a trait");
+}
+
+fn an_analytics_url_without_its_path_fails_every_record_with_a_hint() {
+    let vitally = emulator(Faults::default());
+    let mut db = cluster().admin(APP_DB);
+    // A typo a new user makes: the host alone, without /analytics/v1. Every answer is 404.
+    db.execute(
+        "SELECT vitally.create_destination('nopath', analytics_api_key => 'test-analytics-key', analytics_url => $1)",
+        &[&format!("http://{}", vitally.addr())],
+    )
+    .unwrap();
+    db.batch_execute(
+        "CREATE TABLE nopath AS SELECT 'np_' || g AS id, 'n' || g AS name FROM generate_series(1, 3) g;
+         SELECT vitally.create_sync('nopath', 'nopath', 'account', 'upsert', 'SELECT * FROM nopath');",
+    )
+    .unwrap();
+    assert_eq!(sync_and_wait(&mut db, "nopath", 60), "failed", "never 'succeeded' with everything skipped");
+    let errors: Vec<String> =
+        db.query("SELECT error FROM vitally.records WHERE sync_name = 'nopath' AND status = 'failed'", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(errors.len(), 3);
+    assert!(errors[0].contains("404") && errors[0].contains("/analytics/v1"), "{}", errors[0]);
+    let (ok, detail): (bool, String) = {
+        let r = db.query_one("SELECT ok, detail FROM vitally.check_destination('nopath')", &[]).unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert!(!ok && detail.contains("/analytics/v1"), "{detail}");
 }
