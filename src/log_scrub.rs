@@ -13,7 +13,7 @@
 
 use pgrx::prelude::*;
 use std::ffi::CStr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 static mut PREVIOUS_HOOK: pg_sys::emit_log_hook_type = None;
 /// Whether the hook was installed while the server preloaded the library, so that it
@@ -22,10 +22,14 @@ static PRELOADED: AtomicBool = AtomicBool::new(false);
 /// Whether a function that takes keys is running in this backend (until it returns, or
 /// its (sub)transaction ends: an error is reported while this is still set).
 static IN_KEY_CALL: AtomicBool = AtomicBool::new(false);
+/// The start of the statement (protocol message) during which this backend loaded the
+/// library: the hook has seen every message of any statement that started later.
+static LOADED_DURING: AtomicI64 = AtomicI64::new(i64::MAX);
 
 pub fn install() {
     unsafe {
         PRELOADED.store(pg_sys::process_shared_preload_libraries_in_progress, Ordering::Relaxed);
+        LOADED_DURING.store(pg_sys::GetCurrentStatementStartTimestamp(), Ordering::Relaxed);
         PREVIOUS_HOOK = pg_sys::emit_log_hook;
         pg_sys::emit_log_hook = Some(scrub);
         pg_sys::RegisterXactCallback(Some(on_xact_end), std::ptr::null_mut());
@@ -38,10 +42,18 @@ pub fn installed() -> bool {
     PRELOADED.load(Ordering::Relaxed)
 }
 
-/// Settings that make Postgres log a statement's text before it runs, so before a
-/// library that was not preloaded is loaded, with the value that logs nothing.
-const LOGGED_BEFORE_LOAD: [(&str, &str); 4] =
-    [("log_statement", "none"), ("debug_print_parse", "off"), ("debug_print_rewritten", "off"), ("debug_print_plan", "off")];
+/// Settings that make Postgres log a statement's text (or a Bind's parameters) before
+/// it runs, so before a library that was not preloaded is loaded, with the value that
+/// logs nothing. (`log_min_messages` at debug2 and below logs each Parse.)
+const LOGGED_BEFORE_LOAD: [(&str, &str); 7] = [
+    ("log_statement", "none"),
+    ("log_min_duration_statement", "-1"),
+    ("log_min_duration_sample", "-1"),
+    ("log_transaction_sample_rate", "0"),
+    ("debug_print_parse", "off"),
+    ("debug_print_rewritten", "off"),
+    ("debug_print_plan", "off"),
+];
 
 /// Whether a key given in the current statement stays out of the server log. With the
 /// preload the hook sees everything. Without it, the hook is installed when this
@@ -51,7 +63,9 @@ const LOGGED_BEFORE_LOAD: [(&str, &str); 4] =
 /// just before the call would not unlog a text logged at the start of its query
 /// string). Returns the setting that makes it unsafe.
 pub fn keys_stay_out_of_log() -> Result<(), String> {
-    if installed() {
+    // Preloaded, or loaded by an earlier statement of this session (or at its start,
+    // by session_preload_libraries): the hook saw this statement from its start.
+    if installed() || unsafe { pg_sys::GetCurrentStatementStartTimestamp() } > LOADED_DURING.load(Ordering::Relaxed) {
         return Ok(());
     }
     let names = LOGGED_BEFORE_LOAD.map(|(n, _)| format!("'{n}'")).join(", ");
@@ -69,6 +83,10 @@ pub fn keys_stay_out_of_log() -> Result<(), String> {
         })
     })
     .unwrap_or_else(|e| crate::catalog::internal(e));
+    let min_messages = unsafe { pg_sys::log_min_messages };
+    if min_messages <= pg_sys::DEBUG2 as i32 {
+        return Err("log_min_messages is debug2 or lower".into());
+    }
     for (name, quiet) in LOGGED_BEFORE_LOAD {
         match rows.iter().find(|(n, _, _)| n == name) {
             Some((_, setting, source)) if setting == quiet && source != "session" => {}

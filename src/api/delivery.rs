@@ -25,6 +25,7 @@ mod vitally {
             .max(0.0);
         let deadline = Instant::now() + Duration::from_secs_f64(seconds);
         let mut pause = Duration::from_millis(10);
+        let not_delivering = crate::worker::not_delivering();
         loop {
             let (status, owner, mine) = as_extension_owner(|| {
                 Spi::get_three_with_args::<String, pg_sys::Oid, bool>(
@@ -46,7 +47,7 @@ mod vitally {
                     .hint("Commit first: the worker sees the records only after commit.")
                     .raise();
             }
-            if let Some(why) = crate::worker::not_delivering() {
+            if let Some(why) = &not_delivering {
                 // Waiting would only run out the timeout.
                 UserError::new(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, format!("run {run_id} cannot finish here: {why}")).raise();
             }

@@ -243,9 +243,9 @@ mod vitally {
                 format!("vitally.{function}() takes API keys only where they stay out of the server log, and here {why}"),
             )
             .hint(
-                "Without the preload Postgres logs such a statement before vitally_sync can hide it. Add vitally_sync to \
-                 shared_preload_libraries in postgresql.conf and restart the server, or call this with that setting off. \
-                 If the key was logged, rotate it in Vitally.",
+                "Without the preload Postgres may have logged this call before vitally_sync could hide it: rotate this key in Vitally. \
+                 Then add vitally_sync to shared_preload_libraries in postgresql.conf and restart the server, or call any \
+                 vitally function first in the session (SELECT vitally.worker_pid();) and give the new key in a later statement.",
             )
             .raise();
         }

@@ -183,8 +183,9 @@ impl VitallyClient {
     /// Sends Analytics messages in `/batch` requests of at most `batch_size`, each of
     /// one message type, and returns one outcome per message, in order. A batch
     /// refused as a whole with a 4xx is split in halves to isolate the bad messages, so
-    /// the good ones go through; when both halves are refused alike, the whole type is
-    /// (Vitally answers 400 to every message of a blocked type), and splitting stops.
+    /// the good ones go through. When both halves are refused alike, one message is
+    /// sent alone: refused alike too, the whole type is (Vitally answers 400 to every
+    /// message of a blocked type) and splitting stops; otherwise it goes on.
     pub async fn send_analytics(&self, endpoint: &Endpoint, messages: &[Value]) -> Vec<Outcome> {
         let size = self.config.batch_size.clamp(1, MAX_BATCH);
         // Batches of one type, so that a blocked type never takes others down with it.
@@ -201,7 +202,8 @@ impl VitallyClient {
             let chunk: Vec<Value> = ids.iter().map(|&i| messages[i].clone()).collect();
             async move { (ids, self.send_batch(endpoint, chunk).await) }
         });
-        let mut outcomes = vec![Outcome::Delivered; messages.len()];
+        // Every message gets its batch's answer; none is taken as delivered by default.
+        let mut outcomes = vec![Outcome::Retry { status: None, error: "not sent".into() }; messages.len()];
         for (ids, answers) in futures_util::future::join_all(sent).await {
             for (&i, o) in ids.iter().zip(answers) {
                 outcomes[i] = o;
@@ -226,8 +228,21 @@ impl VitallyClient {
             let right = messages.split_off(messages.len() / 2);
             let left = messages;
             let (a, b) = tokio::join!(self.post_batch(endpoint, &left), self.post_batch(endpoint, &right));
-            if a == b && worth_splitting(&a) {
-                return vec![a; left.len() + right.len()];
+            // Alike halves may be two bad messages, or a generic error text: the first
+            // and the last message alone tell. (A 413 says only that the halves are
+            // still too large.)
+            if a == b && matches!(a, Outcome::Rejected { status: 400 | 422, .. }) && left.len() > 1 && right.len() > 1 {
+                let (first, last) = tokio::join!(self.post_batch(endpoint, &left[..1]), self.post_batch(endpoint, &right[right.len() - 1..]));
+                if first == a && last == a {
+                    return vec![a; left.len() + right.len()];
+                }
+                let (middle_left, middle_right) = (left[1..].to_vec(), right[..right.len() - 1].to_vec());
+                let (l, r) = tokio::join!(self.settle(endpoint, middle_left, a), self.settle(endpoint, middle_right, b));
+                let mut all = vec![first];
+                all.extend(l);
+                all.extend(r);
+                all.push(last);
+                return all;
             }
             let (mut a, b) = tokio::join!(self.settle(endpoint, left, a), self.settle(endpoint, right, b));
             a.extend(b);
@@ -277,10 +292,14 @@ impl VitallyClient {
             Outcome::Delivered => {
                 let page = serde_json::from_str::<Value>(&answer.body).unwrap_or(Value::Null);
                 match page.get("results").and_then(Value::as_array) {
-                    Some(results) if page.get("error").is_none() => match results.first() {
-                        None => Lookup::NotFound,
-                        Some(first) => record_with_id(&first.to_string(), &path).map_or_else(|failed| failed, Lookup::Found),
-                    },
+                    // Only the user with this external id: a search that matches loosely
+                    // must not send the write to someone else.
+                    Some(results) if page.get("error").is_none() => {
+                        match results.iter().find(|r| r.get("externalId").and_then(Value::as_str) == Some(external_id)) {
+                            None => Lookup::NotFound,
+                            Some(found) => record_with_id(&found.to_string(), &path).map_or_else(|failed| failed, Lookup::Found),
+                        }
+                    }
                     _ => Lookup::Failed(Outcome::Rejected { status: 200, error: format!("Vitally answered {path} with no \"results\" list: nothing was written") }),
                 }
             }

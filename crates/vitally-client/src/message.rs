@@ -168,7 +168,7 @@ pub fn analytics_messages(kind: ObjectKind, record: &Value, message_id: &str, ti
         ObjectKind::NpsResponse => return Err(PayloadError::NotAnalytics),
     }
     // An event keeps the time it happened, when the row says so.
-    let event_time = (kind == ObjectKind::Event).then(|| r.get("timestamp").and_then(Value::as_str)).flatten();
+    let event_time = (kind == ObjectKind::Event).then(|| r.get("timestamp").and_then(Value::as_str)).flatten().filter(|t| !t.is_empty());
     let several = messages.len() > 1;
     for m in &mut messages {
         let mid = match (several, m.get("accountId").and_then(Value::as_str)) {

@@ -130,7 +130,7 @@ async fn a_lookup_without_an_id_or_with_an_error_is_never_followed_by_a_write() 
 }
 
 #[tokio::test]
-async fn a_blocked_type_costs_three_requests_not_199() {
+async fn a_blocked_type_costs_five_requests_not_199() {
     let e = emulator(Config { faults: Faults { blocked_types: vec!["track".into()], ..Faults::default() }, ..Config::default() }).await;
     let events: Vec<Value> =
         (0..100).map(|i| json!({"type": "track", "event": "Login", "userId": "u1", "properties": {}, "messageId": format!("e{i}")})).collect();
@@ -139,7 +139,26 @@ async fn a_blocked_type_costs_three_requests_not_199() {
     let outcomes = client(ClientConfig::default()).send_analytics(&analytics(&e), &messages).await;
     assert!(outcomes[..100].iter().all(|o| matches!(o, Outcome::Rejected { status: 400, error } if error.contains("blocked"))), "{outcomes:?}");
     assert!(outcomes[100..].iter().all(|o| *o == Outcome::Delivered), "another type in the same job is not held up");
-    assert_eq!(e.counters().analytics_requests, 3 + 1, "the events' batch, its two halves; the accounts' batch");
+    assert_eq!(e.counters().analytics_requests, 5 + 1, "the events' batch, its two halves, the first and last event alone; the accounts' batch");
+}
+
+#[tokio::test]
+async fn two_bad_messages_refused_alike_in_both_halves_leave_the_others_delivered() {
+    // Messages 0 and 50 are bad the same way: each half of the split says
+    // "message 0: ...". One message alone (a good one) shows it is not the whole type.
+    let e = emulator(Config::default()).await;
+    let mut messages: Vec<Value> = (0..100).map(account).collect();
+    // Also the first and the last, which the split sends alone to tell a blocked type.
+    for i in [0, 1, 51, 99] {
+        messages[i].as_object_mut().unwrap().remove("accountId");
+    }
+    let outcomes = client(ClientConfig::default()).send_analytics(&analytics(&e), &messages).await;
+    let delivered = outcomes.iter().filter(|o| **o == Outcome::Delivered).count();
+    assert_eq!(delivered, 96, "{outcomes:?}");
+    for i in [0, 1, 51, 99] {
+        assert!(matches!(outcomes[i], Outcome::Rejected { status: 400, .. }), "{i}: {:?}", outcomes[i]);
+    }
+    assert_eq!(e.count("accounts"), 96);
 }
 
 #[tokio::test]

@@ -29,7 +29,7 @@ const ISO_UTC: &str = r#"'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'"#;
 
 /// A date-time as Vitally's Analytics and REST APIs take it (RFC 3339: date, time with
 /// seconds, a zone), as a regular expression literal.
-const ISO_8601: &str = r"E'^\\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\\d|3[01])T([01]\\d|2[0-3]):[0-5]\\d:[0-5]\\d(\\.\\d+)?(Z|[+-]([01]\\d|2[0-3]):[0-5]\\d)$'";
+const ISO_8601: &str = r"'^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]([.][0-9]+)?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$'";
 
 /// The JSON value of a column, given how to refer to it.
 fn value(reference: &str, ty: ColumnType) -> String {
@@ -206,8 +206,10 @@ impl Plan {
                 "WHEN coalesce({value}, '') <> '' AND (jsonb_typeof(p.payload->{field_lit}) <> 'string' OR {value} !~ {ISO_8601}) \
                  THEN format({message}, p.payload->{field_lit})",
                 field_lit = quote_literal(field),
+                // A column name with % must not make format() fail.
                 message = quote_literal(&format!(
-                    "{field} must be an ISO-8601 date-time with a time zone, like 2026-06-01T10:00:00Z, got %s: cast {name} to timestamptz in the query, or fix its text"
+                    "{field} must be an ISO-8601 date-time with a time zone, like 2026-06-01T10:00:00Z, got %s: cast {} to timestamptz in the query, or fix its text",
+                    name.replace('%', "%%")
                 )),
             ));
         }

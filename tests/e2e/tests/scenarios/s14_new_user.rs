@@ -8,7 +8,7 @@ use vitally_e2e::{emulator, emulator_destination, scalar, sql_error, sync_and_wa
 crate::trials!("14_new_user":
     a_users_accounts_arrive_as_strings_whatever_their_type,
     events_are_counted_once_when_their_sync_is_made_again,
-    events_of_two_syncs_with_the_same_keys_are_both_counted,
+    events_of_other_names_with_the_same_keys_are_both_counted,
     without_the_preload_everything_but_delivery_works,
     without_the_preload_keys_are_refused_where_a_statement_log_would_keep_them,
 );
@@ -100,7 +100,7 @@ fn events_are_counted_once_when_their_sync_is_made_again() {
     assert_eq!(events_after(&mut db, &vitally, "nu_logins_v2"), 40, "new keys are new events");
 }
 
-fn events_of_two_syncs_with_the_same_keys_are_both_counted() {
+fn events_of_other_names_with_the_same_keys_are_both_counted() {
     let vitally = emulator(Faults::default());
     let mut db = cluster().admin(APP_DB);
     emulator_destination(&mut db, "nu_two_events", &vitally);
@@ -189,8 +189,17 @@ fn without_the_preload_keys_are_refused_where_a_statement_log_would_keep_them() 
     }
     // Without a key the same settings do not matter.
     bare.admin("postgres").batch_execute("SELECT vitally.alter_destination('ok', subdomain => 'acme')").unwrap();
-    db.batch_execute("ALTER ROLE postgres RESET log_statement").unwrap();
+    // Once a statement of the session has loaded the library, the hook sees every later
+    // one from its start: the key is taken, and log_statement's line is hidden.
+    let mut warmed = bare.admin("postgres");
+    warmed.batch_execute("SELECT vitally.worker_pid()").unwrap();
+    warmed.batch_execute("SELECT vitally.alter_destination('ok', rest_api_key => 'np-secret-3')").unwrap();
+    db.batch_execute("ALTER ROLE postgres RESET log_statement; ALTER ROLE postgres SET log_min_duration_statement = 0").unwrap();
+    let err = sql_error(bare.admin("postgres").batch_execute("SELECT vitally.alter_destination('ok', rest_api_key => 'np-logged')"));
+    assert!(err.message.contains("log_min_duration_statement is '0'"), "{}", err.message);
+    db.batch_execute("ALTER ROLE postgres RESET log_min_duration_statement").unwrap();
     let log = bare.log();
-    assert!(!log.contains("np-secret-1") && !log.contains("np-secret-2"), "the log has a key");
+    assert!(log.contains("statement hidden by vitally_sync"), "log_statement logged the warmed session's call, hidden");
+    assert!(!log.contains("np-secret-1") && !log.contains("np-secret-2") && !log.contains("np-secret-3"), "the log has a key");
     assert_eq!(scalar::<i64>(&mut db, "SELECT count(*) FROM vitally.destinations"), 1);
 }
