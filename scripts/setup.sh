@@ -18,6 +18,12 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# The format and lint gate of scripts/test.sh.
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+    echo "setup: adding the rustfmt and clippy components"
+    rustup component add rustfmt clippy
+fi
+
 if ! cargo pgrx --version 2>/dev/null | grep -q "0.18.1"; then
     echo "setup: installing cargo-pgrx 0.18.1 (about 5 minutes, once per machine)"
     cargo install cargo-pgrx --version 0.18.1 --locked

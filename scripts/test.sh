@@ -8,6 +8,9 @@ source scripts/env.sh
 bash scripts/setup.sh
 echo "== released SQL scripts are unchanged =="
 (cd sql/releases && sha256sum --quiet -c SHA256SUMS)
+echo "== format and lint (rustfmt.toml; clippy with warnings as errors) =="
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== client, emulator and planner tests (no Postgres; real HTTP over loopback) =="
 cargo test -p vitally-client -p vitally-emulator -p vitally-planner --lib --tests
 echo "== building and installing the extension =="

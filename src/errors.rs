@@ -33,11 +33,8 @@ impl UserError {
     }
 
     pub fn no_such_destination(name: &str) -> Self {
-        UserError::new(
-            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
-            format!("destination \"{name}\" does not exist"),
-        )
-        .hint("SELECT name FROM vitally.destinations lists the destinations you own.")
+        UserError::new(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, format!("destination \"{name}\" does not exist"))
+            .hint("SELECT name FROM vitally.destinations lists the destinations you own.")
     }
 }
 

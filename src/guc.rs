@@ -127,9 +127,5 @@ pub fn allowed_hosts() -> vitally_client::destination::AllowedHosts {
 
 /// The database name the worker connects to.
 pub fn database() -> String {
-    DATABASE
-        .get()
-        .and_then(|s| s.into_string().ok())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "postgres".to_string())
+    DATABASE.get().and_then(|s| s.into_string().ok()).filter(|s| !s.is_empty()).unwrap_or_else(|| "postgres".to_string())
 }

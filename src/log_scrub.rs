@@ -161,9 +161,8 @@ unsafe extern "C-unwind" fn scrub(edata: *mut pg_sys::ErrorData) {
         let in_call = IN_KEY_CALL.load(Ordering::Relaxed);
         // A prepared statement's text comes in the DETAIL of log_statement's line, and
         // dynamic SQL's in the CONTEXT.
-        let around = [(*edata).detail, (*edata).detail_log, (*edata).context, (*edata).internalquery]
-            .iter()
-            .any(|f| bytes_of(*f).is_some_and(carries_key));
+        let around =
+            [(*edata).detail, (*edata).detail_log, (*edata).context, (*edata).internalquery].iter().any(|f| bytes_of(*f).is_some_and(carries_key));
         if statement || in_call || around {
             (*edata).hide_stmt = true;
             // log_statement, log_min_duration_statement and friends put the statement in

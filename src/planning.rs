@@ -3,15 +3,14 @@
 //! the planner crate renders. Nothing of the result is held in Rust memory.
 
 use crate::catalog::SyncRow;
-use crate::progress::Progress;
 use crate::elevation::{as_extension_owner, sandboxed, with_settings, Sandboxed};
 use crate::errors::{OrRaise, UserError};
+use crate::progress::Progress;
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 use pgrx::PgTryBuilder;
 use vitally_planner::definition::{check_pair, KeyNeeded};
 use vitally_planner::{plan, Behavior, Column, ColumnType, Object, Options, Plan};
-
 
 /// The temporary table a run's rows are kept in; dropped at commit at the latest.
 pub const STAGE: &str = "pg_temp.vitally_stage";
@@ -55,7 +54,17 @@ pub fn prepare(
 
 /// Prepares a stored sync for a run or a preview.
 pub fn prepare_stored(sync: &SyncRow) -> Prepared {
-    prepare(&sync.name, &sync.destination, &sync.object, &sync.behavior, &sync.query, &sync.sync_key, sync.mappings.as_ref(), &sync.options, sync.owner)
+    prepare(
+        &sync.name,
+        &sync.destination,
+        &sync.object,
+        &sync.behavior,
+        &sync.query,
+        &sync.sync_key,
+        sync.mappings.as_ref(),
+        &sync.options,
+        sync.owner,
+    )
 }
 
 fn require_key(sync_name: &str, destination: &crate::catalog::DestinationRow, needed: KeyNeeded) {
@@ -83,7 +92,11 @@ fn single_statement(sync_name: &str, sql: &str) {
     let count = with_query_errors(sync_name, || unsafe {
         let text = std::ffi::CString::new(sql).unwrap_or_default();
         let list = pg_sys::raw_parser(text.as_ptr(), pg_sys::RawParseMode::RAW_PARSE_DEFAULT);
-        if list.is_null() { 0 } else { (*list).length }
+        if list.is_null() {
+            0
+        } else {
+            (*list).length
+        }
     });
     if count != 1 {
         UserError::new(PgSqlErrorCode::ERRCODE_SYNTAX_ERROR, format!("the query of sync \"{sync_name}\" is not one SELECT statement"))
@@ -298,9 +311,10 @@ fn create_tables(prepared: &Prepared, owner: pg_sys::Oid) {
         ))
         .unwrap_or_else(|e| crate::catalog::internal(e));
         if !unsafe { pg_sys::superuser_arg(owner) } {
-            let role = Spi::get_one_with_args::<String>("SELECT pg_catalog.quote_ident(rolname) FROM pg_catalog.pg_authid WHERE oid = $1", &[owner.into()])
-                .unwrap_or_else(|e| crate::catalog::internal(e))
-                .unwrap_or_else(|| UserError::new(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, "the sync's owner no longer exists").raise());
+            let role =
+                Spi::get_one_with_args::<String>("SELECT pg_catalog.quote_ident(rolname) FROM pg_catalog.pg_authid WHERE oid = $1", &[owner.into()])
+                    .unwrap_or_else(|e| crate::catalog::internal(e))
+                    .unwrap_or_else(|| UserError::new(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, "the sync's owner no longer exists").raise());
             Spi::run(&format!("GRANT SELECT, INSERT ON {STAGE}, {KEYS}, {RECORDS} TO {role}")).unwrap_or_else(|e| crate::catalog::internal(e));
         }
     });

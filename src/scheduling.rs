@@ -18,11 +18,7 @@ pub fn job_name(sync: &str) -> String {
 
 /// Whether pg_cron is installed in this database.
 pub fn cron_installed(client: &SpiClient<'_>) -> bool {
-    client
-        .select("SELECT FROM pg_catalog.pg_extension WHERE extname = 'pg_cron'", None, &[])
-        .unwrap_or_else(|e| internal(e))
-        .len()
-        > 0
+    !client.select("SELECT FROM pg_catalog.pg_extension WHERE extname = 'pg_cron'", None, &[]).unwrap_or_else(|e| internal(e)).is_empty()
 }
 
 /// Raises a clear error when pg_cron cannot schedule here.
@@ -80,11 +76,7 @@ pub fn unschedule(client: &mut SpiClient<'_>, syncs: &[String]) -> usize {
     }
     let jobs: Vec<String> = syncs.iter().map(|s| job_name(s)).collect();
     client
-        .update(
-            "SELECT cron.unschedule(j.jobid) FROM cron.job j WHERE j.jobname = ANY($1::text[])",
-            None,
-            &[jobs.into()],
-        )
+        .update("SELECT cron.unschedule(j.jobid) FROM cron.job j WHERE j.jobname = ANY($1::text[])", None, &[jobs.into()])
         .unwrap_or_else(|e| internal(e))
         .len()
 }

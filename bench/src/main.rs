@@ -40,28 +40,17 @@ fn main() {
     }
 
     println!("\nvitally_sync benchmarks, {}", machine());
-    println!("{:<52} {:>12} {:>12} {:>8}  {}", "measurement", "value", "baseline", "ratio", "notes");
+    println!("{:<52} {:>12} {:>12} {:>8}  notes", "measurement", "value", "baseline", "ratio");
     for r in &table {
-        println!(
-            "{:<52} {:>10.2}{:<2} {:>10.2}{:<2} {:>7.2}x  {}",
-            r.what,
-            r.value,
-            r.unit,
-            r.baseline,
-            r.unit,
-            r.value / r.baseline,
-            r.note
-        );
+        println!("{:<52} {:>10.2}{:<2} {:>10.2}{:<2} {:>7.2}x  {}", r.what, r.value, r.unit, r.baseline, r.unit, r.value / r.baseline, r.note);
     }
 }
 
 /// vitally.sync() over `n` rows next to CREATE TEMP TABLE AS of the same query, in
 /// a cluster whose worker serves another database (nothing is sent).
 fn planning(n: i64, table: &mut Vec<Row>) {
-    let cluster = Cluster::start(
-        "bench-plan",
-        &["shared_preload_libraries = 'vitally_sync'", "vitally.database = 'postgres'", "shared_buffers = '1GB'"],
-    );
+    let cluster =
+        Cluster::start("bench-plan", &["shared_preload_libraries = 'vitally_sync'", "vitally.database = 'postgres'", "shared_buffers = '1GB'"]);
     cluster.admin("postgres").batch_execute("CREATE DATABASE bench").unwrap();
     let mut db = cluster.admin("bench");
     db.batch_execute(&format!(
@@ -126,11 +115,8 @@ fn delivery(n: i64, drain: i64, table: &mut Vec<Row>) {
         Config { record_received: false, faults: Faults { latency_ms: 20, ..Faults::default() }, ..Config::default() },
     )
     .unwrap();
-    db.execute(
-        "SELECT vitally.create_destination('d', analytics_api_key => 'test-analytics-key', analytics_url => $1)",
-        &[&vitally.analytics_url()],
-    )
-    .unwrap();
+    db.execute("SELECT vitally.create_destination('d', analytics_api_key => 'test-analytics-key', analytics_url => $1)", &[&vitally.analytics_url()])
+        .unwrap();
     let mut reloads = 0;
     let mut configure = |db: &mut Client, batch: i32, concurrency: i32| {
         db.batch_execute(&format!("ALTER SYSTEM SET vitally.batch_size = {batch}")).unwrap();
@@ -200,11 +186,7 @@ fn rest(n: i64, table: &mut Vec<Row>) {
     for i in 1..=n {
         vitally.seed("accounts", &format!("a{i}"), serde_json::json!({}));
     }
-    db.execute(
-        "SELECT vitally.create_destination('d', rest_api_key => 'test-rest-token', rest_url => $1)",
-        &[&vitally.rest_url()],
-    )
-    .unwrap();
+    db.execute("SELECT vitally.create_destination('d', rest_api_key => 'test-rest-token', rest_url => $1)", &[&vitally.rest_url()]).unwrap();
     db.batch_execute(&format!(
         "CREATE TABLE accounts AS SELECT 'a' || g AS id, g % 50 AS seats FROM generate_series(1, {n}) g;
          SELECT vitally.create_sync('accounts', 'd', 'account', 'update_only', 'SELECT * FROM accounts', 'id');"

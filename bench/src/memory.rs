@@ -42,9 +42,6 @@ impl Sampler {
 
 /// The worker's private memory when it has nothing to do.
 pub fn rss_anon_of_idle_worker(cluster: &vitally_e2e::Cluster) -> u64 {
-    let pid: i32 = vitally_e2e::scalar(
-        &mut cluster.admin("bench"),
-        "SELECT pid FROM pg_stat_activity WHERE backend_type = 'vitally_sync worker'",
-    );
+    let pid: i32 = vitally_e2e::scalar(&mut cluster.admin("bench"), "SELECT pid FROM pg_stat_activity WHERE backend_type = 'vitally_sync worker'");
     rss_anon(pid)
 }

@@ -61,12 +61,9 @@ mod vitally {
                     )
                     .unwrap_or_else(|e| internal(e));
                 let Some(id) = inserted.first().get_one::<i64>().ok().flatten() else {
-                    UserError::new(
-                        PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
-                        format!("destination \"{name}\" already exists"),
-                    )
-                    .hint("Choose another name, or change the existing one with vitally.alter_destination().")
-                    .raise()
+                    UserError::new(PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT, format!("destination \"{name}\" already exists"))
+                        .hint("Choose another name, or change the existing one with vitally.alter_destination().")
+                        .raise()
                 };
                 client
                     .update(
@@ -112,7 +109,14 @@ mod vitally {
             Spi::connect_mut(|client| {
                 let stored = owned_destination(client, name, me, true);
                 let id = stored.id;
-                require_key_with_new_url(name, "analytics_url", "analytics_api_key", stored.analytics_url.as_deref(), analytics_url.as_ref(), analytics_key.is_some());
+                require_key_with_new_url(
+                    name,
+                    "analytics_url",
+                    "analytics_api_key",
+                    stored.analytics_url.as_deref(),
+                    analytics_url.as_ref(),
+                    analytics_key.is_some(),
+                );
                 require_key_with_new_url(name, "rest_url", "rest_api_key", stored.rest_url.as_deref(), rest_url.as_ref(), rest_key.is_some());
                 // Each column keeps its value unless its argument was given ($n IS NOT NULL flags).
                 client
@@ -197,9 +201,7 @@ mod vitally {
                     }
                     crate::catalog::delete_syncs(client, "s.destination_id = $1", id);
                 }
-                client
-                    .update("DELETE FROM vitally.destination WHERE id = $1", None, &[id.into()])
-                    .unwrap_or_else(|e| internal(e));
+                client.update("DELETE FROM vitally.destination WHERE id = $1", None, &[id.into()]).unwrap_or_else(|e| internal(e));
             })
         })
     }
@@ -264,5 +266,4 @@ mod vitally {
             .raise();
         }
     }
-
 }

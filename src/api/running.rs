@@ -132,10 +132,12 @@ mod vitally {
     /// What a run would do with the first `n` rows of the query, queueing nothing.
     /// (A key repeated beyond those rows is not seen.)
     #[pg_extern(volatile)]
+    #[allow(clippy::type_complexity)] // pgrx takes the result's column names from this type
     fn preview(
         name: &str,
         n: default!(i64, 20),
-    ) -> TableIterator<'static, (name!(sync_key, Option<String>), name!(action, String), name!(payload, Option<JsonB>), name!(error, Option<String>))> {
+    ) -> TableIterator<'static, (name!(sync_key, Option<String>), name!(action, String), name!(payload, Option<JsonB>), name!(error, Option<String>))>
+    {
         let me = caller();
         let sync = as_extension_owner(|| Spi::connect(|client| owned_sync(client, name, me, false)));
         let prepared = prepare_stored(&sync);
@@ -182,7 +184,11 @@ mod vitally {
             Spi::connect_mut(|client| {
                 let sync = owned_sync(client, name, me, true);
                 client
-                    .update("WITH gone AS (DELETE FROM vitally.delivery_state WHERE sync_id = $1 RETURNING 1) SELECT pg_catalog.count(*) FROM gone", None, &[sync.id.into()])
+                    .update(
+                        "WITH gone AS (DELETE FROM vitally.delivery_state WHERE sync_id = $1 RETURNING 1) SELECT pg_catalog.count(*) FROM gone",
+                        None,
+                        &[sync.id.into()],
+                    )
                     .unwrap_or_else(|e| internal(e))
                     .first()
                     .get_one::<i64>()

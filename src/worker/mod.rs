@@ -123,9 +123,8 @@ impl Settings {
 
 /// Whether the postmaster still runs (a zero-timeout wait that does not touch the latch).
 fn postmaster_alive() -> bool {
-    let events = unsafe {
-        pg_sys::WaitLatch(pg_sys::MyLatch, (pg_sys::WL_TIMEOUT | pg_sys::WL_POSTMASTER_DEATH) as i32, 0, pg_sys::PG_WAIT_EXTENSION)
-    };
+    let events =
+        unsafe { pg_sys::WaitLatch(pg_sys::MyLatch, (pg_sys::WL_TIMEOUT | pg_sys::WL_POSTMASTER_DEATH) as i32, 0, pg_sys::PG_WAIT_EXTENSION) };
     events & pg_sys::WL_POSTMASTER_DEATH as i32 == 0
 }
 
@@ -161,11 +160,7 @@ impl Worker {
     fn round(&mut self) -> Round {
         let now_installed = queue::extension_installed();
         if self.installed != Some(now_installed) {
-            log!(
-                "vitally_sync worker: extension {} in database \"{}\"",
-                if now_installed { "found" } else { "not installed" },
-                self.database
-            );
+            log!("vitally_sync worker: extension {} in database \"{}\"", if now_installed { "found" } else { "not installed" }, self.database);
             self.installed = Some(now_installed);
             // Jobs of a dropped extension have nowhere to record their outcomes.
             self.in_flight.clear();

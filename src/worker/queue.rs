@@ -58,10 +58,7 @@ pub fn pin_search_path() {
 
 pub fn extension_installed() -> bool {
     BackgroundWorker::transaction(|| {
-        Spi::get_one::<bool>("SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'vitally_sync')")
-            .ok()
-            .flatten()
-            .unwrap_or(false)
+        Spi::get_one::<bool>("SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'vitally_sync')").ok().flatten().unwrap_or(false)
     })
 }
 
@@ -162,9 +159,11 @@ fn claimed_record(row: &pgrx::spi::SpiHeapTupleData<'_>, syncs: &[(i64, String, 
 fn endpoint(client: &pgrx::spi::SpiClient<'_>, key: &JobKey) -> Result<Endpoint, Outcome> {
     let found = crate::catalog::endpoints(client, key.destination_id);
     let name = &found.name;
-    let missing = |which: &str, arg: &str| Outcome::Rejected {
+    let missing = |which: &str, arg: &str| {
+        Outcome::Rejected {
         status: 0,
         error: format!("destination \"{name}\" has no {which} key: set it with vitally.alter_destination('{name}', {arg} => '...') and call vitally.retry_failed()"),
+    }
     };
     let blocked = |error: String| Outcome::Rejected { status: 0, error };
     if key.rest {
@@ -202,9 +201,7 @@ pub fn record_outcomes(finished: Vec<Finished>, retry: &RetryPolicy) {
             let (status, inc, delay, http, error): (&str, i32, f64, Option<i32>, Option<String>) = match next {
                 Next::Delivered => ("delivered", 1, 0.0, Some(200), None),
                 Next::Skipped { reason } => ("skipped", 1, 0.0, Some(404), Some(reason)),
-                Next::RetryIn { delay, counts, status, error } => {
-                    ("pending", counts as i32, delay.as_secs_f64(), status.map(i32::from), Some(error))
-                }
+                Next::RetryIn { delay, counts, status, error } => ("pending", counts as i32, delay.as_secs_f64(), status.map(i32::from), Some(error)),
                 Next::Failed { status, error } => ("failed", 1, 0.0, status.filter(|s| *s > 0).map(i32::from), Some(error)),
             };
             sent.insert(*id, (status == "delivered", claimed.hash));

@@ -126,12 +126,7 @@ impl VitallyClient {
 
     fn limiter(&self, endpoint: &Endpoint, rest: bool) -> Arc<RateLimiter> {
         let pace = rest.then_some(self.config.rest_requests_per_minute);
-        self.limiters
-            .lock()
-            .unwrap()
-            .entry(endpoint.slot_key())
-            .or_insert_with(|| Arc::new(RateLimiter::new(pace)))
-            .clone()
+        self.limiters.lock().unwrap().entry(endpoint.slot_key()).or_insert_with(|| Arc::new(RateLimiter::new(pace))).clone()
     }
 
     /// Sends one request under the key's pacing and the bound on requests in flight.
@@ -146,10 +141,8 @@ impl VitallyClient {
             .clone();
         let _slot = slots.acquire_owned().await.expect("never closed");
         let permit = limiter.acquire().await;
-        let mut request = self
-            .http
-            .request(method, format!("{}{}", endpoint.base_url, path))
-            .header(reqwest::header::AUTHORIZATION, &endpoint.authorization);
+        let mut request =
+            self.http.request(method, format!("{}{}", endpoint.base_url, path)).header(reqwest::header::AUTHORIZATION, &endpoint.authorization);
         if let Some(b) = body {
             request = request.json(b);
         }
@@ -162,17 +155,17 @@ impl VitallyClient {
         };
         let status = response.status().as_u16();
         let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let limits =
-            RateLimitHeaders::parse(header("ratelimit-limit").as_deref(), header("ratelimit-remaining").as_deref(), header("ratelimit-reset").as_deref());
+        let limits = RateLimitHeaders::parse(
+            header("ratelimit-limit").as_deref(),
+            header("ratelimit-remaining").as_deref(),
+            header("ratelimit-reset").as_deref(),
+        );
         let wait = (status == 429).then(|| rate_limit_wait(&limits));
         limiter.answered(permit, Some(status), &limits, wait);
         match response.text().await {
             Ok(body) => {
-                let shown = if endpoint.vitally_host || (200..300).contains(&status) {
-                    body.clone()
-                } else {
-                    untrusted_body(&body, &endpoint.host())
-                };
+                let shown =
+                    if endpoint.vitally_host || (200..300).contains(&status) { body.clone() } else { untrusted_body(&body, &endpoint.host()) };
                 Answer { outcome: classify(call, status, &limits, &shown), status: Some(status), body }
             }
             // The connection died after the status line: nothing is known to have arrived.
@@ -223,7 +216,11 @@ impl VitallyClient {
 
     /// Resends a refused batch in halves, and halves of the halves refused, until the
     /// bad messages are alone or both halves are refused with the same error.
-    fn split<'a>(&'a self, endpoint: &'a Endpoint, mut messages: Vec<Value>) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<Outcome>> + Send + 'a>> {
+    fn split<'a>(
+        &'a self,
+        endpoint: &'a Endpoint,
+        mut messages: Vec<Value>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<Outcome>> + Send + 'a>> {
         Box::pin(async move {
             let right = messages.split_off(messages.len() / 2);
             let left = messages;
@@ -300,7 +297,10 @@ impl VitallyClient {
                             Some(found) => record_with_id(&found.to_string(), &path).map_or_else(|failed| failed, Lookup::Found),
                         }
                     }
-                    _ => Lookup::Failed(Outcome::Rejected { status: 200, error: format!("Vitally answered {path} with no \"results\" list: nothing was written") }),
+                    _ => Lookup::Failed(Outcome::Rejected {
+                        status: 200,
+                        error: format!("Vitally answered {path} with no \"results\" list: nothing was written"),
+                    }),
                 }
             }
             Outcome::NotFound { .. } => Lookup::NotFound,
@@ -359,7 +359,8 @@ fn is_json_error(body: &str) -> bool {
 /// The record in a lookup's 200 answer, if it is one: a JSON object with a string `id`
 /// and no `error`. Anything else fails the record, so no write goes to an empty id.
 fn record_with_id(body: &str, path: &str) -> Result<Value, Lookup> {
-    let failed = |what: &str| Lookup::Failed(Outcome::Rejected { status: 200, error: format!("Vitally answered {path} {what}: nothing was written") });
+    let failed =
+        |what: &str| Lookup::Failed(Outcome::Rejected { status: 200, error: format!("Vitally answered {path} {what}: nothing was written") });
     match serde_json::from_str::<Value>(body) {
         Ok(v) if v.get("error").is_some() => Err(failed(&format!("with an error: {}", crate::outcome::error_text(body)))),
         Ok(v) if v.get("id").and_then(Value::as_str).is_some_and(|id| !id.is_empty()) => Ok(v),
@@ -394,4 +395,3 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 fn encode(segment: &str) -> String {
     url::form_urlencoded::byte_serialize(segment.as_bytes()).collect::<String>().replace('+', "%20")
 }
-

@@ -112,7 +112,9 @@ async fn deliver_rest(client: &VitallyClient, endpoint: &Endpoint, records: Vec<
                         let vitally_id = existing.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
                         client.update(endpoint, r.kind, &vitally_id, &update_body(r.kind, &r.payload)).await
                     }
-                    Lookup::NotFound => Outcome::NotFound { error: format!("no {} with id \"{}\" in Vitally: update only does not create it", kind_name(r.kind), r.sync_key) },
+                    Lookup::NotFound => Outcome::NotFound {
+                        error: format!("no {} with id \"{}\" in Vitally: update only does not create it", kind_name(r.kind), r.sync_key),
+                    },
                     Lookup::Failed(o) => o,
                 },
                 Mode::NpsResponse => {

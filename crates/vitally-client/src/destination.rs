@@ -72,12 +72,15 @@ pub enum DestinationError {
     BadUrl { api: &'static str, url: String, reason: String },
     #[error("{api}_url \"{url}\" must use https: plain http is accepted only for loopback hosts (127.0.0.1, ::1, localhost)")]
     InsecureUrl { api: &'static str, url: String },
-    #[error("{api}_url \"{url}\" names host \"{host}\", which is not in vitally.allowed_hosts ({allowed}): a superuser adds it there in postgresql.conf")]
+    #[error(
+        "{api}_url \"{url}\" names host \"{host}\", which is not in vitally.allowed_hosts ({allowed}): a superuser adds it there in postgresql.conf"
+    )]
     HostNotAllowed { api: &'static str, url: String, host: String, allowed: String },
-    #[error("an EU destination with an Analytics key needs analytics_url: Vitally documents no EU Analytics host, and vitally_sync does not guess one")]
+    #[error(
+        "an EU destination with an Analytics key needs analytics_url: Vitally documents no EU Analytics host, and vitally_sync does not guess one"
+    )]
     EuAnalyticsUrlNeeded,
 }
-
 
 /// Vitally's own hosts: the default of `vitally.allowed_hosts`, and the hosts whose
 /// error bodies are shown to users as they are.
@@ -93,11 +96,8 @@ pub struct AllowedHosts {
 
 impl AllowedHosts {
     pub fn parse(list: &str) -> AllowedHosts {
-        let patterns = list
-            .split(',')
-            .map(|p| p.trim().trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase())
-            .filter(|p| !p.is_empty())
-            .collect();
+        let patterns =
+            list.split(',').map(|p| p.trim().trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase()).filter(|p| !p.is_empty()).collect();
         AllowedHosts { patterns }
     }
 
@@ -152,11 +152,7 @@ pub fn validate_name(name: &str) -> Result<(), DestinationError> {
 
 pub fn validate_subdomain(subdomain: &str) -> Result<String, DestinationError> {
     let s = subdomain.trim().to_ascii_lowercase();
-    let ok = !s.is_empty()
-        && s.len() <= 63
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        && !s.starts_with('-')
-        && !s.ends_with('-');
+    let ok = !s.is_empty() && s.len() <= 63 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') && !s.starts_with('-') && !s.ends_with('-');
     if ok {
         Ok(s)
     } else {
@@ -283,7 +279,8 @@ mod tests {
         let vitally = AllowedHosts::vitally();
         assert!(validate_base_url(Api::Rest, "https://acme.rest.vitally.io/resources", &vitally).is_ok());
         assert!(validate_base_url(Api::Analytics, "https://API.vitally-eu.io/analytics/v1", &vitally).is_ok());
-        for bad in ["https://vitally.io.evil.com/x", "https://evilvitally.io/x", "https://vitally.io/x", "http://127.0.0.1:1/x", "https://[::1]:2/x"] {
+        for bad in ["https://vitally.io.evil.com/x", "https://evilvitally.io/x", "https://vitally.io/x", "http://127.0.0.1:1/x", "https://[::1]:2/x"]
+        {
             let err = validate_base_url(Api::Rest, bad, &vitally).unwrap_err();
             assert!(matches!(err, DestinationError::HostNotAllowed { .. }), "{bad}: {err}");
             assert!(err.to_string().contains("vitally.allowed_hosts"), "{err}");
@@ -302,10 +299,7 @@ mod tests {
         assert!(validate_base_url(Api::Rest, "http://localhost:1/x", &any()).is_ok());
         assert!(validate_base_url(Api::Rest, "http://[::1]:1/x", &any()).is_ok());
         assert!(validate_base_url(Api::Rest, "https://example.com/x", &any()).is_ok());
-        assert!(matches!(
-            validate_base_url(Api::Analytics, "http://10.0.0.5/analytics/v1", &any()),
-            Err(DestinationError::InsecureUrl { .. })
-        ));
+        assert!(matches!(validate_base_url(Api::Analytics, "http://10.0.0.5/analytics/v1", &any()), Err(DestinationError::InsecureUrl { .. })));
         assert!(matches!(validate_base_url(Api::Analytics, "http://localhost.evil.com/", &any()), Err(DestinationError::InsecureUrl { .. })));
     }
 

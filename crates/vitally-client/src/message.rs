@@ -224,7 +224,9 @@ mod tests {
         let m = analytics_messages(ObjectKind::Account, &record, "mid-1", T).unwrap();
         assert_eq!(
             m,
-            vec![json!({"type": "account", "accountId": "acct_42", "organizationId": "7", "traits": {"name": "Acme"}, "messageId": "mid-1", "timestamp": T})]
+            vec![
+                json!({"type": "account", "accountId": "acct_42", "organizationId": "7", "traits": {"name": "Acme"}, "messageId": "mid-1", "timestamp": T})
+            ]
         );
     }
 

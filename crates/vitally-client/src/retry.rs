@@ -23,11 +23,21 @@ impl Default for RetryPolicy {
 pub enum Next {
     Delivered,
     /// Not in Vitally (update only): reported, never created.
-    Skipped { reason: String },
+    Skipped {
+        reason: String,
+    },
     /// Try again after `delay`; `counts` says whether this try used up an attempt.
-    RetryIn { delay: Duration, counts: bool, status: Option<u16>, error: String },
+    RetryIn {
+        delay: Duration,
+        counts: bool,
+        status: Option<u16>,
+        error: String,
+    },
     /// Final: after the last attempt, or a rejection that retrying will not change.
-    Failed { status: Option<u16>, error: String },
+    Failed {
+        status: Option<u16>,
+        error: String,
+    },
 }
 
 impl RetryPolicy {
@@ -52,10 +62,9 @@ impl RetryPolicy {
             Outcome::NotFound { error } => Next::Skipped { reason: error },
             Outcome::Rejected { status, error } => Next::Failed { status: Some(status), error },
             Outcome::RateLimited { wait } => Next::RetryIn { delay: wait, counts: false, status: Some(429), error: "rate limited".into() },
-            Outcome::Retry { status, error } if attempts >= self.max_attempts => Next::Failed {
-                status,
-                error: format!("{error} (gave up after {attempts} attempts)"),
-            },
+            Outcome::Retry { status, error } if attempts >= self.max_attempts => {
+                Next::Failed { status, error: format!("{error} (gave up after {attempts} attempts)") }
+            }
             Outcome::Retry { status, error } => Next::RetryIn { delay: self.backoff(attempts), counts: true, status, error },
         }
     }

@@ -190,10 +190,7 @@ async fn a_blocked_message_type_is_rejected_with_vitallys_text() {
     let e = emulator(Config { faults: Faults { blocked_types: vec!["track".into()], ..Faults::default() }, ..Config::default() }).await;
     let event = json!({"type": "track", "event": "Login", "userId": "u1", "properties": {}, "messageId": "e1"});
     let outcomes = client(ClientConfig::default()).send_analytics(&analytics(&e), &[event]).await;
-    assert_eq!(
-        outcomes[0],
-        Outcome::Rejected { status: 400, error: "Message type 'track' is blocked for this workspace".into() }
-    );
+    assert_eq!(outcomes[0], Outcome::Rejected { status: 400, error: "Message type 'track' is blocked for this workspace".into() });
 }
 
 #[tokio::test]
@@ -229,9 +226,7 @@ async fn update_only_finds_by_external_id_merges_traits_and_reports_the_missing(
     let Lookup::Found(record) = found else { panic!("{found:?}") };
     assert_eq!(record["id"], seeded.id);
 
-    let outcome = c
-        .update(&rest(&e), ObjectKind::Account, &seeded.id, &json!({"traits": {"seats": 5, "legacy": null}}))
-        .await;
+    let outcome = c.update(&rest(&e), ObjectKind::Account, &seeded.id, &json!({"traits": {"seats": 5, "legacy": null}})).await;
     assert_eq!(outcome, Outcome::Delivered);
     let traits = e.object("accounts", "acct_1").unwrap().traits;
     assert_eq!(Value::Object(traits), json!({"plan": "pro", "seats": 5}), "merged: omitted stays, null deletes");
@@ -239,7 +234,10 @@ async fn update_only_finds_by_external_id_merges_traits_and_reports_the_missing(
     assert_eq!(c.find(&rest(&e), ObjectKind::Account, "acct_404").await, Lookup::NotFound);
     // A write's 404 is not "not found" (its target was just found): it fails with a hint.
     let missing = c.update(&rest(&e), ObjectKind::Account, "no-such-id", &json!({"traits": {}})).await;
-    assert!(matches!(&missing, Outcome::Rejected { status: 404, error } if error.contains("account not found") && error.contains("rest_url")), "{missing:?}");
+    assert!(
+        matches!(&missing, Outcome::Rejected { status: 404, error } if error.contains("account not found") && error.contains("rest_url")),
+        "{missing:?}"
+    );
     assert_eq!(e.count("accounts"), 1, "update only never creates");
 }
 

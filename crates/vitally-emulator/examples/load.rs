@@ -14,12 +14,15 @@ async fn main() {
     let started = Instant::now();
     let e = Emulator::start("127.0.0.1:0", Config { record_received: false, ..Config::default() }).await.unwrap();
     let http = reqwest::Client::new();
-    let probe = http.post(format!("{}/batch", e.analytics_url())).header("authorization", "Basic test-analytics-key").json(&json!([])).send().await.unwrap();
+    let probe =
+        http.post(format!("{}/batch", e.analytics_url())).header("authorization", "Basic test-analytics-key").json(&json!([])).send().await.unwrap();
     assert!(probe.status().is_success());
     println!("start to first answer: {:.1} ms", started.elapsed().as_secs_f64() * 1000.0);
 
     let batch: Value = Value::Array(
-        (0..100).map(|i| json!({"type": "account", "accountId": format!("a{i}"), "traits": {"plan": "pro", "seats": i}, "messageId": format!("m{i}")})).collect(),
+        (0..100)
+            .map(|i| json!({"type": "account", "accountId": format!("a{i}"), "traits": {"plan": "pro", "seats": i}, "messageId": format!("m{i}")}))
+            .collect(),
     );
     for (name, body) in [("POST /batch of 1 message", Value::Array(vec![batch[0].clone()])), ("POST /batch of 100 messages", batch)] {
         let done = Arc::new(AtomicU64::new(0));

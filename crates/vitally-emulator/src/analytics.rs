@@ -225,10 +225,16 @@ mod tests {
     fn each_type_needs_its_fields() {
         assert!(validate(&json!({"type": "account", "accountId": "a", "messageId": "m"})).is_ok());
         assert!(validate(&json!({"type": "organization", "timestamp": "2026-01-01T00:00:00Z", "organizationId": "o"})).is_ok());
-        assert_eq!(validate(&json!({"type": "track", "event": "E", "userId": "u", "messageId": "m"})).unwrap_err(), "track message without a \"properties\" object");
+        assert_eq!(
+            validate(&json!({"type": "track", "event": "E", "userId": "u", "messageId": "m"})).unwrap_err(),
+            "track message without a \"properties\" object"
+        );
         assert_eq!(validate(&json!({"type": "unlink", "userId": "u", "messageId": "m"})).unwrap_err(), "unlink message without \"accountId\"");
         assert_eq!(validate(&json!({"type": "page", "messageId": "m"})).unwrap_err(), "unknown message type \"page\"");
         assert_eq!(validate(&json!({"type": "account", "accountId": "a", "messageId": "m", "traits": [1]})).unwrap_err(), "traits must be an object");
-        assert_eq!(validate(&json!({"type": "account", "accountId": "a", "timestamp": "yesterday"})).unwrap_err(), "timestamp \"yesterday\" is not an ISO-8601 date-time");
+        assert_eq!(
+            validate(&json!({"type": "account", "accountId": "a", "timestamp": "yesterday"})).unwrap_err(),
+            "timestamp \"yesterday\" is not an ISO-8601 date-time"
+        );
     }
 }

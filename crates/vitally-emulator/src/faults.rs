@@ -94,8 +94,7 @@ async fn serve(shared: &AppState, request: Request, next: Next) -> Response {
             if config.faults.burst_429 > 0 {
                 config.faults.burst_429 -= 1;
                 state.counters.responses_429 += 1;
-                let mut response = (StatusCode::TOO_MANY_REQUESTS, axum::Json(serde_json::json!({"error": "Rate limit exceeded"})))
-                    .into_response();
+                let mut response = (StatusCode::TOO_MANY_REQUESTS, axum::Json(serde_json::json!({"error": "Rate limit exceeded"}))).into_response();
                 // Vitally documents RateLimit-Reset on a 429, and no Retry-After.
                 response.headers_mut().insert("ratelimit-reset", HeaderValue::from(faults.reset_secs.max(1)));
                 return Some(response);
@@ -109,8 +108,7 @@ async fn serve(shared: &AppState, request: Request, next: Next) -> Response {
         };
         if forced || (faults.error_rate > 0.0 && fastrand::f64() < faults.error_rate) {
             state.counters.responses_5xx += 1;
-            return Some((StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({"error": "Service Unavailable"})))
-                .into_response());
+            return Some((StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({"error": "Service Unavailable"}))).into_response());
         }
         None
     })();

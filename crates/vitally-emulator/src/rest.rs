@@ -31,8 +31,8 @@ struct Limit {
     window: u64,
 }
 
-
 /// Auth, then the rate limit: `Err` is the answer to send instead of serving.
+#[allow(clippy::result_large_err)] // the error is the HTTP answer itself, built once per request
 fn admit(shared: &AppState, headers: &HeaderMap) -> Result<Limit, Response> {
     let (token, limit, window) = {
         let c = shared.config.lock().unwrap();
@@ -139,27 +139,27 @@ async fn search_users(Extract(shared): Extract<AppState>, Query(q): Query<HashMa
         let results: Vec<Value> = state
             .users
             .values()
-            .filter(|u| {
-                q.get("externalId").is_some_and(|e| *e == u.external_id) || q.get("email").is_some_and(|e| u.email.as_deref() == Some(e))
-            })
+            .filter(|u| q.get("externalId").is_some_and(|e| *e == u.external_id) || q.get("email").is_some_and(|e| u.email.as_deref() == Some(e)))
             .map(show)
             .collect();
         Json(json!({ "results": results })).into_response()
     })
 }
 
-async fn list(Extract(shared): Extract<AppState>, Path(kind): Path<String>, Query(q): Query<HashMap<String, String>>, headers: HeaderMap) -> Response {
+async fn list(
+    Extract(shared): Extract<AppState>,
+    Path(kind): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
     serve(&shared, &headers, |shared| {
         let mut state = shared.state.lock().unwrap();
         let Some(store) = state.store(&kind) else { return not_found("resource") };
         // Pages of at most 100, and 100 by default.
         let limit = q.get("limit").and_then(|l| l.parse::<usize>().ok()).unwrap_or(100).clamp(1, 100);
         let from = q.get("from").cloned().unwrap_or_default();
-        let page: Vec<&Object> = store
-            .range::<String, _>((std::ops::Bound::Excluded(from), std::ops::Bound::Unbounded))
-            .map(|(_, o)| o)
-            .take(limit + 1)
-            .collect();
+        let page: Vec<&Object> =
+            store.range::<String, _>((std::ops::Bound::Excluded(from), std::ops::Bound::Unbounded)).map(|(_, o)| o).take(limit + 1).collect();
         let next = (page.len() > limit).then(|| page[limit - 1].external_id.clone());
         let results: Vec<Value> = page.iter().take(limit).map(|o| show(o)).collect();
         Json(json!({ "results": results, "next": next })).into_response()
@@ -223,16 +223,8 @@ async fn nps_response(Extract(shared): Extract<AppState>, headers: HeaderMap, bo
         if !state.users.values().any(|u| u.id == user_id) {
             return not_found("user");
         }
-        let external_id = body
-            .get("externalId")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        let id = state
-            .nps
-            .get(&external_id)
-            .and_then(|r| r.get("id").cloned())
-            .unwrap_or_else(|| Value::String(uuid::Uuid::new_v4().to_string()));
+        let external_id = body.get("externalId").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let id = state.nps.get(&external_id).and_then(|r| r.get("id").cloned()).unwrap_or_else(|| Value::String(uuid::Uuid::new_v4().to_string()));
         body.insert("id".into(), id);
         body.insert("externalId".into(), Value::String(external_id.clone()));
         let stored = Value::Object(body);
@@ -243,4 +235,3 @@ async fn nps_response(Extract(shared): Extract<AppState>, headers: HeaderMap, bo
         Json(stored).into_response()
     })
 }
-

@@ -192,13 +192,20 @@ impl Plan {
             Object::Event if self.top("event").is_none() => missing(format!("an event sync needs the event's name: {}", how("event", "event"))),
             Object::Event if ["userId", "accountId", "organizationId"].iter().all(|f| self.top(f).is_none()) => missing(format!(
                 "an event sync needs to say who did it: {}",
-                if explicit { "map userId, accountId or organizationId to a column".to_string() } else { "add a column named user_id, account_id or organization_id to the query".to_string() }
+                if explicit {
+                    "map userId, accountId or organizationId to a column".to_string()
+                } else {
+                    "add a column named user_id, account_id or organization_id to the query".to_string()
+                }
             )),
-            Object::NpsResponse if self.top("userId").is_none() => missing(format!("an NPS response sync needs the user: {}", how("user_id", "userId"))),
-            Object::NpsResponse if self.top("score").is_none() => missing(format!("an NPS response sync needs the score: {}", how("score", "score"))),
-            Object::NpsResponse if self.top("respondedAt").is_none() => {
-                missing(format!("an NPS response sync needs when each response was given (Vitally requires it): {}", how("responded_at", "respondedAt")))
+            Object::NpsResponse if self.top("userId").is_none() => {
+                missing(format!("an NPS response sync needs the user: {}", how("user_id", "userId")))
             }
+            Object::NpsResponse if self.top("score").is_none() => missing(format!("an NPS response sync needs the score: {}", how("score", "score"))),
+            Object::NpsResponse if self.top("respondedAt").is_none() => missing(format!(
+                "an NPS response sync needs when each response was given (Vitally requires it): {}",
+                how("responded_at", "respondedAt")
+            )),
             _ => Ok(()),
         }
     }
@@ -215,7 +222,12 @@ mod tests {
 
     #[test]
     fn conventions_for_users_make_every_other_column_a_trait() {
-        let c = cols(&[("id", ColumnType::Other), ("account_ids", ColumnType::Array), ("organization_id", ColumnType::Other), ("email", ColumnType::Other)]);
+        let c = cols(&[
+            ("id", ColumnType::Other),
+            ("account_ids", ColumnType::Array),
+            ("organization_id", ColumnType::Other),
+            ("email", ColumnType::Other),
+        ]);
         let p = plan(Object::User, Behavior::Upsert, "id", &c, None).unwrap();
         let targets: Vec<&Target> = p.fields.iter().map(|f| &f.target).collect();
         assert_eq!(targets, vec![&Target::Top("accountIds"), &Target::Top("organizationId"), &Target::Trait("email".into())]);
@@ -266,7 +278,10 @@ mod tests {
     fn mapping_errors_name_the_problem() {
         let c = cols(&[("id", ColumnType::Other), ("name", ColumnType::Other)]);
         let err = plan(Object::Account, Behavior::Upsert, "id", &c, Some(&json!({"traits.x": "nope"}))).unwrap_err();
-        assert_eq!(err.to_string(), "the mapping of \"traits.x\" names column \"nope\", which is not in the query's result; its columns are: id, name");
+        assert_eq!(
+            err.to_string(),
+            "the mapping of \"traits.x\" names column \"nope\", which is not in the query's result; its columns are: id, name"
+        );
         let err = plan(Object::Account, Behavior::Upsert, "id", &c, Some(&json!({"score": "name"}))).unwrap_err();
         assert_eq!(err.to_string(), "\"score\" is not a field of a account: use organizationId, traits.<name>");
         let err = plan(Object::Account, Behavior::Upsert, "uid", &c, None).unwrap_err();

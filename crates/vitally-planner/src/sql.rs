@@ -171,7 +171,9 @@ impl Plan {
             let reference = format!("s.{}", self.alias_of(&field.column));
             match &field.target {
                 Target::Top("accountIds") => top.push(("accountIds".into(), id_list(&reference, field.column.ty))),
-                Target::Top(name @ ("organizationId" | "accountId" | "userId")) => top.push((name.to_string(), id_value(&reference, field.column.ty))),
+                Target::Top(name @ ("organizationId" | "accountId" | "userId")) => {
+                    top.push((name.to_string(), id_value(&reference, field.column.ty)))
+                }
                 Target::Top(name) => top.push((name.to_string(), value(&reference, field.column.ty))),
                 Target::Trait(name) | Target::Property(name) => nested.push((name.clone(), value(&reference, field.column.ty))),
             }
@@ -245,7 +247,8 @@ impl Plan {
                     empty("event"),
                     quote_literal(&format!("an event needs a name: {} is NULL or empty", self.column_named("event")))
                 ));
-                let actors: Vec<String> = ["userId", "accountId", "organizationId"].iter().filter(|f| self.top(f).is_some()).map(|f| self.column_named(f)).collect();
+                let actors: Vec<String> =
+                    ["userId", "accountId", "organizationId"].iter().filter(|f| self.top(f).is_some()).map(|f| self.column_named(f)).collect();
                 cases.push(format!(
                     "WHEN {} AND {} AND {} THEN {}",
                     empty("userId"),
@@ -297,10 +300,7 @@ impl Plan {
 /// control characters, each written `\u00XX`), so below an eighth of the limit it cannot
 /// be over it.
 fn json_bytes(jsonb: &str) -> String {
-    format!(
-        "(CASE WHEN pg_column_size({jsonb}) > {} THEN octet_length(({jsonb})::text) ELSE 0 END)",
-        MAX_RECORD_BYTES / 8
-    )
+    format!("(CASE WHEN pg_column_size({jsonb}) > {} THEN octet_length(({jsonb})::text) ELSE 0 END)", MAX_RECORD_BYTES / 8)
 }
 
 fn describe_all(columns: &[String]) -> String {
@@ -340,7 +340,14 @@ mod tests {
 
     #[test]
     fn timestamps_become_utc_iso_strings() {
-        let p = plan(Object::Account, crate::definition::Behavior::Upsert, "id", &[col("id", ColumnType::Other), col("seen", ColumnType::TimestampTz)], None).unwrap();
+        let p = plan(
+            Object::Account,
+            crate::definition::Behavior::Upsert,
+            "id",
+            &[col("id", ColumnType::Other), col("seen", ColumnType::TimestampTz)],
+            None,
+        )
+        .unwrap();
         assert!(p.payload_sql(&Options::default()).contains("AT TIME ZONE 'UTC'"));
     }
 
@@ -355,7 +362,14 @@ mod tests {
     fn values_postgres_cannot_hash_are_hashed_as_text() {
         let mut spot = col("spot", ColumnType::Other);
         spot.hashable = false;
-        let p = plan(Object::Account, crate::definition::Behavior::Upsert, "id", &[col("id", ColumnType::Other), spot, col("doc", ColumnType::Json)], None).unwrap();
+        let p = plan(
+            Object::Account,
+            crate::definition::Behavior::Upsert,
+            "id",
+            &[col("id", ColumnType::Other), spot, col("doc", ColumnType::Json)],
+            None,
+        )
+        .unwrap();
         let sql = p.stage_sql("SELECT 1", 3, None);
         assert!(sql.contains("pg_catalog.hash_record_extended(ROW((q.\"id\")::text, (q.\"spot\")::text, (q.\"doc\")::jsonb), 3)"), "{sql}");
     }

@@ -22,7 +22,7 @@ pub fn cluster() -> &'static Cluster {
 fn main() {
     let args = Arguments::from_args();
     let trials: Vec<Trial> = scenarios::all();
-    let wants_any = trials.iter().any(|t| args.is_filtered_out(t) == false) && !args.list;
+    let wants_any = trials.iter().any(|t| !args.is_filtered_out(t)) && !args.list;
     if wants_any {
         let cluster = Cluster::start(
             "main",

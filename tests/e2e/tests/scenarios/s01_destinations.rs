@@ -44,8 +44,16 @@ fn each_mistake_is_refused_with_a_message_that_says_what_to_do() {
     // (call, SQLSTATE, part of the message)
     let cases = [
         ("SELECT vitally.create_destination('a', analytics_api_key => 'k', region => 'mars')", "22023", "unknown region \"mars\": use 'us' or 'eu'"),
-        ("SELECT vitally.create_destination('a', analytics_api_key => 'k', analytics_url => 'http://10.1.2.3/analytics/v1')", "22023", "must use https"),
-        ("SELECT vitally.create_destination('a', rest_api_key => 'k', rest_url => 'http://vitally.example.com/resources')", "22023", "must use https"),
+        (
+            "SELECT vitally.create_destination('a', analytics_api_key => 'k', analytics_url => 'http://10.1.2.3/analytics/v1')",
+            "22023",
+            "must use https",
+        ),
+        (
+            "SELECT vitally.create_destination('a', rest_api_key => 'k', rest_url => 'http://vitally.example.com/resources')",
+            "22023",
+            "must use https",
+        ),
         ("SELECT vitally.create_destination('a', rest_api_key => 'k', rest_url => 'not a url')", "22023", "is not a valid URL"),
         ("SELECT vitally.create_destination('taken', analytics_api_key => 'k')", "42710", "destination \"taken\" already exists"),
         ("SELECT vitally.create_destination('a')", "22023", "needs at least one API key"),
@@ -82,9 +90,7 @@ fn alter_changes_only_the_arguments_given() {
     assert!(err.hint.unwrap().contains("analytics_url =>"));
     db.batch_execute("SELECT vitally.alter_destination('d', region => 'eu', analytics_url => 'https://acme.api.vitally-eu.io/analytics/v1', analytics_api_key => 'ak')")
         .unwrap();
-    let row = db
-        .query_one("SELECT region, subdomain, analytics_api_key_set, rest_api_key_set, rest_url FROM vitally.destinations", &[])
-        .unwrap();
+    let row = db.query_one("SELECT region, subdomain, analytics_api_key_set, rest_api_key_set, rest_url FROM vitally.destinations", &[]).unwrap();
     assert_eq!(row.get::<_, &str>(0), "eu");
     assert_eq!(row.get::<_, &str>(1), "acme", "untouched by an alter that did not name it");
     assert!(row.get::<_, bool>(2) && row.get::<_, bool>(3));
@@ -103,8 +109,6 @@ fn drop_removes_the_destination_and_its_keys() {
          SELECT vitally.drop_destination('d');",
     )
     .unwrap();
-    let row = db
-        .query_one("SELECT (SELECT count(*) FROM vitally.destination), (SELECT count(*) FROM vitally.destination_secret)", &[])
-        .unwrap();
+    let row = db.query_one("SELECT (SELECT count(*) FROM vitally.destination), (SELECT count(*) FROM vitally.destination_secret)", &[]).unwrap();
     assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (0, 0));
 }

@@ -2,8 +2,8 @@
 //! role sees and changes only its own destinations.
 
 use crate::cluster;
-use vitally_e2e::{eventually, fresh_database, sql_error, Client};
 use std::time::Duration;
+use vitally_e2e::{eventually, fresh_database, sql_error, Client};
 
 crate::trials!("02_security":
     a_role_without_the_grant_can_do_nothing,
@@ -68,9 +68,7 @@ fn no_role_reads_keys_from_the_tables_or_pg_stats() {
     role(&mut admin, "sec_dave", true);
     let mut carol = cluster().connect("sec_tables", "sec_carol");
     for i in 0..5 {
-        carol
-            .batch_execute(&format!("SELECT vitally.create_destination('c{i}', analytics_api_key => 'carol-secret-{i}')"))
-            .unwrap();
+        carol.batch_execute(&format!("SELECT vitally.create_destination('c{i}', analytics_api_key => 'carol-secret-{i}')")).unwrap();
     }
     admin.batch_execute("ANALYZE vitally.destination_secret").unwrap();
     // The statistics do hold the keys: the check below is about who may read them.
@@ -82,17 +80,10 @@ fn no_role_reads_keys_from_the_tables_or_pg_stats() {
 
     for who in ["sec_carol", "sec_dave"] {
         let mut db = cluster().connect("sec_tables", who);
-        for sql in [
-            "SELECT * FROM vitally.destination_secret",
-            "SELECT * FROM vitally.destination",
-            "COPY vitally.destination_secret TO STDOUT",
-        ] {
+        for sql in ["SELECT * FROM vitally.destination_secret", "SELECT * FROM vitally.destination", "COPY vitally.destination_secret TO STDOUT"] {
             assert_eq!(sql_error(db.batch_execute(sql)).code, "42501", "{who}: {sql}");
         }
-        let rows: i64 = db
-            .query_one("SELECT count(*) FROM pg_stats WHERE schemaname = 'vitally'", &[])
-            .unwrap()
-            .get(0);
+        let rows: i64 = db.query_one("SELECT count(*) FROM pg_stats WHERE schemaname = 'vitally'", &[]).unwrap().get(0);
         assert_eq!(rows, 0, "{who} sees no statistics of the extension's tables");
         let text: String = db.query_one("SELECT coalesce(string_agg(d::text, ','), '') FROM vitally.destinations d", &[]).unwrap().get(0);
         assert!(!text.contains("carol-secret"), "the view never shows a key");

@@ -7,12 +7,9 @@ use vitally_e2e::{eventually, Client};
 crate::trials!("03_worker": worker_lives_through_drop_extension_and_terminate);
 
 fn worker_pid(db: &mut Client) -> Option<i32> {
-    db.query_opt(
-        "SELECT pid FROM pg_stat_activity WHERE backend_type = 'vitally_sync worker' AND datname = $1",
-        &[&APP_DB],
-    )
-    .unwrap()
-    .map(|r| r.get(0))
+    db.query_opt("SELECT pid FROM pg_stat_activity WHERE backend_type = 'vitally_sync worker' AND datname = $1", &[&APP_DB])
+        .unwrap()
+        .map(|r| r.get(0))
 }
 
 fn worker_lives_through_drop_extension_and_terminate() {

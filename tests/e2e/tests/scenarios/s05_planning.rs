@@ -22,14 +22,11 @@ crate::trials!("05_planning":
 );
 
 fn payloads(db: &mut Client, sync: &str) -> Vec<(String, Value)> {
-    db.query(
-        "SELECT sync_key, payload FROM vitally.records WHERE sync_name = $1 AND status = 'pending' ORDER BY sync_key",
-        &[&sync],
-    )
-    .unwrap()
-    .iter()
-    .map(|r| (r.get(0), r.get(1)))
-    .collect()
+    db.query("SELECT sync_key, payload FROM vitally.records WHERE sync_name = $1 AND status = 'pending' ORDER BY sync_key", &[&sync])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
 }
 
 /// The invalid records matching `filter`, as "sync:key: reason", sorted.
@@ -45,9 +42,8 @@ fn invalid_records(db: &mut Client, filter: &str) -> Vec<String> {
 }
 
 fn run_figures(db: &mut Client, run: i64) -> (i64, i64, i64, i64) {
-    let r = db
-        .query_one("SELECT rows_read, records_queued, records_unchanged, records_invalid FROM vitally.sync_runs WHERE id = $1", &[&run])
-        .unwrap();
+    let r =
+        db.query_one("SELECT rows_read, records_queued, records_unchanged, records_invalid FROM vitally.sync_runs WHERE id = $1", &[&run]).unwrap();
     (r.get(0), r.get(1), r.get(2), r.get(3))
 }
 
@@ -279,7 +275,8 @@ fn an_event_is_queued_once_ever() {
          SELECT vitally.sync('e');",
     )
     .unwrap();
-    let ids: Vec<String> = db.query("SELECT message_id::text FROM vitally.records ORDER BY sync_key", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    let ids: Vec<String> =
+        db.query("SELECT message_id::text FROM vitally.records ORDER BY sync_key", &[]).unwrap().iter().map(|r| r.get(0)).collect();
     deliver_by_hand(&mut db, "e");
     db.batch_execute("UPDATE ev SET plan = 'changed'; INSERT INTO ev VALUES (3, 'Login', 'u1', 'free')").unwrap();
     let run: i64 = scalar(&mut db, "SELECT vitally.sync('e')");
@@ -291,7 +288,12 @@ fn an_event_is_queued_once_ever() {
     db.batch_execute("SELECT vitally.reset('e')").unwrap();
     db.batch_execute("DELETE FROM vitally.record").unwrap();
     db.batch_execute("SELECT vitally.sync('e')").unwrap();
-    let again: Vec<String> = db.query("SELECT message_id::text FROM vitally.records WHERE sync_key IN ('1', '2') ORDER BY sync_key", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    let again: Vec<String> = db
+        .query("SELECT message_id::text FROM vitally.records WHERE sync_key IN ('1', '2') ORDER BY sync_key", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     assert_eq!(ids, again);
 }
 
@@ -322,12 +324,8 @@ fn preview_says_what_a_run_would_do() {
     .unwrap();
     deliver_by_hand(&mut db, "s");
     db.batch_execute("UPDATE acc SET plan = 'changed' WHERE id = 2; INSERT INTO acc VALUES (NULL, 'c'), (4, 'd')").unwrap();
-    let rows: Vec<(Option<String>, String)> = db
-        .query("SELECT sync_key, action FROM vitally.preview('s', 10)", &[])
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let rows: Vec<(Option<String>, String)> =
+        db.query("SELECT sync_key, action FROM vitally.preview('s', 10)", &[]).unwrap().iter().map(|r| (r.get(0), r.get(1))).collect();
     let mut rows = rows;
     rows.sort();
     assert_eq!(

@@ -26,10 +26,8 @@ fn setup(db_name: &str, roles: &[&str]) -> postgres::Client {
 }
 
 fn own_destination(db: &mut postgres::Client, name: &str) {
-    db.batch_execute(&format!(
-        "SELECT vitally.create_destination('{name}', analytics_api_key => 'k', analytics_url => 'http://127.0.0.1:9/a')"
-    ))
-    .unwrap();
+    db.batch_execute(&format!("SELECT vitally.create_destination('{name}', analytics_api_key => 'k', analytics_url => 'http://127.0.0.1:9/a')"))
+        .unwrap();
 }
 
 fn a_role_sees_and_runs_only_its_own_syncs() {

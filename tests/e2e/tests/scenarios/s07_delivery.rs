@@ -38,13 +38,12 @@ fn records_are_delivered_and_only_changes_are_sent_again() {
     emulator_destination(&mut db, "dl_ok", &vitally);
     accounts(&mut db, "dl_ok", "dl_ok", 250);
     assert_eq!(sync_and_wait(&mut db, "dl_ok", 60), "succeeded");
-    let row = db
-        .query_one("SELECT records_queued, records_delivered, records_failed FROM vitally.sync_runs WHERE sync_name = 'dl_ok'", &[])
-        .unwrap();
+    let row = db.query_one("SELECT records_queued, records_delivered, records_failed FROM vitally.sync_runs WHERE sync_name = 'dl_ok'", &[]).unwrap();
     assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1), row.get::<_, i64>(2)), (250, 250, 0));
     assert_eq!(vitally.count("accounts"), 250);
     assert_eq!(vitally.object("accounts", "dl_ok_7").unwrap().traits["seats"], 7);
-    let delivered: i64 = scalar(&mut db, "SELECT count(*) FROM vitally.records WHERE sync_name = 'dl_ok' AND status = 'delivered' AND delivered_at IS NOT NULL");
+    let delivered: i64 =
+        scalar(&mut db, "SELECT count(*) FROM vitally.records WHERE sync_name = 'dl_ok' AND status = 'delivered' AND delivered_at IS NOT NULL");
     assert_eq!(delivered, 250);
 
     db.batch_execute("UPDATE dl_ok SET seats = 1000 WHERE id = 'dl_ok_7'").unwrap();
@@ -120,9 +119,7 @@ fn a_malformed_event_time_is_invalid_before_sending_and_never_splits_a_batch() {
     )
     .unwrap();
     assert_eq!(sync_and_wait(&mut db, "dl_split", 60), "partially_failed");
-    let row = db
-        .query_one("SELECT records_delivered, records_invalid FROM vitally.sync_runs WHERE sync_name = 'dl_split'", &[])
-        .unwrap();
+    let row = db.query_one("SELECT records_delivered, records_invalid FROM vitally.sync_runs WHERE sync_name = 'dl_split'", &[]).unwrap();
     assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (98, 2));
     let invalid: Vec<(String, String)> = db
         .query("SELECT sync_key, error FROM vitally.records WHERE sync_name = 'dl_split' AND status = 'invalid' ORDER BY sync_key", &[])
@@ -131,7 +128,10 @@ fn a_malformed_event_time_is_invalid_before_sending_and_never_splits_a_batch() {
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     assert_eq!(invalid[0].0, "37");
-    assert!(invalid[0].1.starts_with("timestamp must be an ISO-8601 date-time with a time zone, like 2026-06-01T10:00:00Z, got \"not a date\""), "{invalid:?}");
+    assert!(
+        invalid[0].1.starts_with("timestamp must be an ISO-8601 date-time with a time zone, like 2026-06-01T10:00:00Z, got \"not a date\""),
+        "{invalid:?}"
+    );
     assert_eq!(invalid[1].0, "38", "month 13");
     assert_eq!(vitally.count("events"), 98);
     assert_eq!(vitally.counters().analytics_requests, 1, "one batch, never split");
@@ -140,11 +140,8 @@ fn a_malformed_event_time_is_invalid_before_sending_and_never_splits_a_batch() {
 fn a_wrong_key_fails_with_a_hint_and_retry_failed_sends_again() {
     let vitally = emulator(Faults::default());
     let mut db = app();
-    db.execute(
-        "SELECT vitally.create_destination('dl_key', analytics_api_key => 'wrong-key', analytics_url => $1)",
-        &[&vitally.analytics_url()],
-    )
-    .unwrap();
+    db.execute("SELECT vitally.create_destination('dl_key', analytics_api_key => 'wrong-key', analytics_url => $1)", &[&vitally.analytics_url()])
+        .unwrap();
     accounts(&mut db, "dl_key", "dl_key", 5);
     assert_eq!(sync_and_wait(&mut db, "dl_key", 60), "failed");
     let error: String = scalar(&mut db, "SELECT min(error) FROM vitally.records WHERE sync_name = 'dl_key'");

@@ -83,9 +83,7 @@ fn kill_9_of_the_worker_mid_delivery_loses_nothing() {
 }
 
 fn reloaded(cluster: &Cluster, setting: &str) {
-    eventually("the worker to reload its settings", Duration::from_secs(30), || {
-        cluster.log().contains(setting).then_some(())
-    });
+    eventually("the worker to reload its settings", Duration::from_secs(30), || cluster.log().contains(setting).then_some(()));
 }
 
 fn a_reload_picks_up_batch_size_and_max_attempts() {
@@ -108,9 +106,7 @@ fn a_reload_picks_up_batch_size_and_max_attempts() {
 
     db.batch_execute("ALTER SYSTEM SET vitally.max_attempts = 2").unwrap();
     db.batch_execute("SELECT pg_reload_conf()").unwrap();
-    eventually("a second reload", Duration::from_secs(30), || {
-        (cluster.log().matches("settings reloaded").count() >= 2).then_some(())
-    });
+    eventually("a second reload", Duration::from_secs(30), || (cluster.log().matches("settings reloaded").count() >= 2).then_some(()));
     let down = emulator(Faults { error_rate: 1.0, ..Faults::default() });
     emulator_destination(&mut db, "down", &down);
     db.batch_execute("SELECT vitally.create_sync('down', 'down', 'account', 'upsert', 'SELECT * FROM accounts LIMIT 1', 'id')").unwrap();

@@ -51,12 +51,7 @@ fn nps_responses_are_created_then_updated() {
     db.batch_execute("UPDATE nps SET score = 10 WHERE id = 'r1'").unwrap();
     assert_eq!(sync_and_wait(&mut db, "nps", 60), "succeeded");
     assert_eq!(vitally.count("npsResponses"), 1, "updated by externalId, not created again");
-    let sent: Vec<i64> = vitally
-        .received()
-        .iter()
-        .filter(|r| r.kind == "POST npsResponses")
-        .map(|r| r.body["score"].as_i64().unwrap())
-        .collect();
+    let sent: Vec<i64> = vitally.received().iter().filter(|r| r.kind == "POST npsResponses").map(|r| r.body["score"].as_i64().unwrap()).collect();
     assert_eq!(sent, vec![6, 10]);
 }
 
@@ -142,8 +137,12 @@ fn an_analytics_url_without_its_path_fails_every_record_with_a_hint() {
     )
     .unwrap();
     assert_eq!(sync_and_wait(&mut db, "nopath", 60), "failed", "never 'succeeded' with everything skipped");
-    let errors: Vec<String> =
-        db.query("SELECT error FROM vitally.records WHERE sync_name = 'nopath' AND status = 'failed'", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    let errors: Vec<String> = db
+        .query("SELECT error FROM vitally.records WHERE sync_name = 'nopath' AND status = 'failed'", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     assert_eq!(errors.len(), 3);
     assert!(errors[0].contains("404") && errors[0].contains("/analytics/v1"), "{}", errors[0]);
     let (ok, detail): (bool, String) = {

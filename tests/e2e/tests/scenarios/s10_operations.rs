@@ -2,11 +2,9 @@
 //! backups.
 
 use crate::{cluster, APP_DB};
-use vitally_e2e::{deliver_by_hand, records_queued, Cluster};
 use std::time::Duration;
-use vitally_e2e::{
-    destination, emulator, emulator_destination, eventually, fresh_database, scalar, sql_error, sync_and_wait, Client, Faults,
-};
+use vitally_e2e::{deliver_by_hand, records_queued, Cluster};
+use vitally_e2e::{destination, emulator, emulator_destination, eventually, fresh_database, scalar, sql_error, sync_and_wait, Client, Faults};
 
 crate::trials!("10_operations":
     upgrade_from_each_released_version_equals_a_fresh_install,
@@ -95,7 +93,10 @@ fn upgrade_from_each_released_version_equals_a_fresh_install() {
         let got = describe_extension(&mut db);
         let missing: Vec<&String> = expected.iter().filter(|l| !got.contains(l)).collect();
         let extra: Vec<&String> = got.iter().filter(|l| !expected.contains(l)).collect();
-        assert!(missing.is_empty() && extra.is_empty(), "upgrade from {version} differs from a fresh install:\nmissing {missing:#?}\nextra {extra:#?}");
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "upgrade from {version} differs from a fresh install:\nmissing {missing:#?}\nextra {extra:#?}"
+        );
         let syncs: i64 = db.query_one("SELECT count(*) FROM vitally.syncs WHERE name = 'kept'", &[]).unwrap().get(0);
         assert_eq!(syncs, 1);
         drop(db);
@@ -130,10 +131,7 @@ fn a_scheduled_sync_runs_from_pg_cron_as_its_owner() {
 
     // pg_cron fires at the next minute.
     let queued: i64 = eventually("pg_cron to run the sync", Duration::from_secs(90), || {
-        owner
-            .query_opt("SELECT records_queued FROM vitally.sync_runs WHERE sync_name = 'op_cron_s'", &[])
-            .unwrap()
-            .map(|r| r.get(0))
+        owner.query_opt("SELECT records_queued FROM vitally.sync_runs WHERE sync_name = 'op_cron_s'", &[]).unwrap().map(|r| r.get(0))
     });
     assert_eq!(queued, 3);
     // pg_cron records the job's end after its transaction commits: a moment later.
@@ -188,22 +186,14 @@ fn overlapping_runs_of_one_sync_queue_a_change_once() {
         db.query_one("SELECT vitally.sync('op_overlap_s')", &[]).unwrap().get::<_, i64>(0)
     });
     eventually("the second run to wait for the first", Duration::from_secs(10), || {
-        let waiting: i64 = scalar(
-            &mut admin,
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%op_overlap_s%'",
-        );
+        let waiting: i64 = scalar(&mut admin, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%op_overlap_s%'");
         (waiting == 1).then_some(())
     });
     first.batch_execute("COMMIT").unwrap();
     let run = second.join().unwrap();
-    let row = admin
-        .query_one("SELECT records_queued, records_unchanged FROM vitally.sync_run WHERE id = $1", &[&run])
-        .unwrap();
+    let row = admin.query_one("SELECT records_queued, records_unchanged FROM vitally.sync_run WHERE id = $1", &[&run]).unwrap();
     assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (0, 50), "the second run queues nothing again");
-    let copies: i64 = scalar(
-        &mut admin,
-        "SELECT count(*) FROM vitally.records WHERE sync_name = 'op_overlap_s'",
-    );
+    let copies: i64 = scalar(&mut admin, "SELECT count(*) FROM vitally.records WHERE sync_name = 'op_overlap_s'");
     assert_eq!(copies, 50, "one record per row");
     admin.batch_execute("SELECT vitally.drop_sync('op_overlap_s')").unwrap();
 }
@@ -261,12 +251,8 @@ fn retention_removes_old_history_and_keeps_failed_and_pending_records() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(keys, ["5", "6"], "failed records stay; delivered ones and a failed one queued again since go");
-    let kept_runs: Vec<i64> = db
-        .query("SELECT id FROM vitally.sync_runs WHERE sync_name = 'op_ret_s' ORDER BY id", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let kept_runs: Vec<i64> =
+        db.query("SELECT id FROM vitally.sync_runs WHERE sync_name = 'op_ret_s' ORDER BY id", &[]).unwrap().iter().map(|r| r.get(0)).collect();
     assert_eq!(kept_runs, [runs[0], runs[2]], "a run with failed records and the last run stay");
     assert_eq!(scalar::<i64>(&mut db, &format!("SELECT count(*) FROM vitally.record WHERE run_id = {}", runs[2])), 1);
     let pending: i64 = scalar(&mut db, "SELECT count(*) FROM vitally.records WHERE sync_name = 'op_ret_pending' AND status = 'pending'");
@@ -338,7 +324,9 @@ fn metrics_count_what_vitally_answered_per_destination() {
     assert!(scalar::<bool>(&mut monitor, "SELECT bool_and(worker_up) FROM vitally.metrics"));
     let err = sql_error(monitor.batch_execute("SELECT * FROM vitally.records"));
     assert_eq!(err.code, "42501", "monitoring sees figures, not data");
-    owner.batch_execute("SELECT vitally.drop_sync('op_met_stuck'); SELECT vitally.drop_sync('op_met_s'); SELECT vitally.drop_sync('op_met_e')").unwrap();
+    owner
+        .batch_execute("SELECT vitally.drop_sync('op_met_stuck'); SELECT vitally.drop_sync('op_met_s'); SELECT vitally.drop_sync('op_met_e')")
+        .unwrap();
 }
 
 fn a_long_sync_reports_progress_and_a_quick_one_is_quiet() {
@@ -369,20 +357,20 @@ fn a_long_sync_reports_progress_and_a_quick_one_is_quiet() {
 fn a_dump_restored_into_a_new_cluster_delivers_only_what_changed() {
     let vitally = emulator(Faults::default());
     let mut src = fresh_database(cluster(), "op_dump_src");
-    src.batch_execute("DO $$ BEGIN CREATE ROLE op_dump_owner LOGIN; EXCEPTION WHEN duplicate_object THEN END $$; GRANT vitally_user TO op_dump_owner;
+    src.batch_execute(
+        "DO $$ BEGIN CREATE ROLE op_dump_owner LOGIN; EXCEPTION WHEN duplicate_object THEN END $$; GRANT vitally_user TO op_dump_owner;
                        CREATE TABLE accounts AS SELECT g AS id, 'account ' || g AS name FROM generate_series(1, 5) g;
-                       GRANT SELECT ON accounts TO op_dump_owner;")
-        .unwrap();
+                       GRANT SELECT ON accounts TO op_dump_owner;",
+    )
+    .unwrap();
     let mut owner = cluster().connect("op_dump_src", "op_dump_owner");
     emulator_destination(&mut owner, "prod", &vitally);
     owner.batch_execute("SELECT vitally.create_sync('accounts', 'prod', 'account', 'upsert', 'SELECT * FROM accounts')").unwrap();
     owner.batch_execute("SELECT vitally.sync('accounts')").unwrap();
     assert_eq!(deliver_by_hand(&mut src, "accounts"), 5);
 
-    let restored = Cluster::start(
-        "restored",
-        &["shared_preload_libraries = 'vitally_sync'", "vitally.database = 'app'", "vitally.retry_min_delay = '100ms'"],
-    );
+    let restored =
+        Cluster::start("restored", &["shared_preload_libraries = 'vitally_sync'", "vitally.database = 'app'", "vitally.retry_min_delay = '100ms'"]);
     // (No CREATE EXTENSION here: the restore makes it.)
     // The documented procedure: roles (and their membership in vitally_user) first,
     // then the database.
@@ -395,9 +383,7 @@ fn a_dump_restored_into_a_new_cluster_delivers_only_what_changed() {
     restored.program("pg_restore", &["--exit-on-error", "-d", "app", &file]);
 
     let mut db = restored.connect("app", "op_dump_owner");
-    let row = db
-        .query_one("SELECT analytics_api_key_set, analytics_url FROM vitally.destinations WHERE name = 'prod'", &[])
-        .unwrap();
+    let row = db.query_one("SELECT analytics_api_key_set, analytics_url FROM vitally.destinations WHERE name = 'prod'", &[]).unwrap();
     assert!(row.get::<_, bool>(0), "the key came along");
     assert_eq!(row.get::<_, String>(1), vitally.analytics_url());
     let run: i64 = scalar(&mut db, "SELECT vitally.sync('accounts')");

@@ -3,7 +3,9 @@
 
 use crate::{cluster, APP_DB};
 use std::time::Duration;
-use vitally_e2e::{destination, emulator, emulator_destination, eventually, fresh_database, records_queued, scalar, sql_error, sync_and_wait, Faults};
+use vitally_e2e::{
+    destination, emulator, emulator_destination, eventually, fresh_database, records_queued, scalar, sql_error, sync_and_wait, Faults,
+};
 
 crate::trials!("12_hostile_input":
     unusual_postgres_types_become_exact_json,
@@ -103,9 +105,10 @@ fn a_query_that_changes_data_is_refused_or_runs_only_in_the_callers_transaction(
     let mut db = fresh_database(cluster(), "hostile_write");
     destination(&mut db, "d");
     db.batch_execute("CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 3) g;").unwrap();
-    let err = sql_error(db.batch_execute(
-        "SELECT vitally.create_sync('cte', 'd', 'account', 'upsert', 'WITH gone AS (DELETE FROM t RETURNING *) SELECT * FROM gone')",
-    ));
+    let err =
+        sql_error(db.batch_execute(
+            "SELECT vitally.create_sync('cte', 'd', 'account', 'upsert', 'WITH gone AS (DELETE FROM t RETURNING *) SELECT * FROM gone')",
+        ));
     assert_eq!(err.code, "0A000");
     assert!(err.message.starts_with("the query of sync \"cte\" failed: WITH clause containing a data-modifying statement"), "{}", err.message);
     assert!(err.hint.unwrap().starts_with("A sync's query only reads"));
@@ -166,13 +169,10 @@ fn no_key_in_pg_stat_activity_notices_or_warnings() {
     let (mut owner, notices) = cluster().connect_with_notices("hostile_activity", "hostile_keyholder");
     owner.batch_execute("SET client_min_messages = debug5").unwrap();
     owner
-        .batch_execute(&format!(
-            "SELECT vitally.create_destination('d', analytics_api_key => '{SECRET}', analytics_url => 'http://127.0.0.1:9/a')"
-        ))
+        .batch_execute(&format!("SELECT vitally.create_destination('d', analytics_api_key => '{SECRET}', analytics_url => 'http://127.0.0.1:9/a')"))
         .unwrap();
     let mut snoop = cluster().connect("hostile_activity", "hostile_snoop");
-    let seen: Vec<String> =
-        snoop.query("SELECT coalesce(query, '') FROM pg_stat_activity", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    let seen: Vec<String> = snoop.query("SELECT coalesce(query, '') FROM pg_stat_activity", &[]).unwrap().iter().map(|r| r.get(0)).collect();
     assert!(seen.iter().any(|q| q.contains("statement hidden by vitally_sync")), "the session's row says it was hidden: {seen:?}");
     assert!(!seen.iter().any(|q| q.contains(SECRET)), "a key in pg_stat_activity: {seen:?}");
     // Extended protocol: the key is a bound parameter.
@@ -184,8 +184,7 @@ fn no_key_in_pg_stat_activity_notices_or_warnings() {
              SELECT vitally.sync('s'); SELECT * FROM vitally.check_destination('d');",
         )
         .unwrap();
-    let seen: Vec<String> =
-        snoop.query("SELECT coalesce(query, '') FROM pg_stat_activity", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    let seen: Vec<String> = snoop.query("SELECT coalesce(query, '') FROM pg_stat_activity", &[]).unwrap().iter().map(|r| r.get(0)).collect();
     assert!(!seen.iter().any(|q| q.contains(SECRET)), "a key in pg_stat_activity: {seen:?}");
     let notices = notices.lock().unwrap();
     assert!(!notices.is_empty(), "debug5 brings messages");
@@ -214,8 +213,7 @@ fn the_worker_never_runs_a_users_sql_and_names_cannot_inject_any() {
     )
     .unwrap();
     let query = r#"SELECT '''; DROP TABLE hostile_victim; --' AS id, hostile_witness() AS w, ''') --' AS note"#;
-    user.execute("SELECT vitally.create_sync($1, $2, 'account', 'upsert', $3)", &[&sync, &"d'); DROP TABLE hostile_victim; --", &query])
-        .unwrap();
+    user.execute("SELECT vitally.create_sync($1, $2, 'account', 'upsert', $3)", &[&sync, &"d'); DROP TABLE hostile_victim; --", &query]).unwrap();
     let my_pid: i32 = scalar(&mut user, "SELECT pg_backend_pid()");
     let run: i64 = user.query_one("SELECT vitally.sync($1)", &[&sync]).unwrap().get(0);
     assert_eq!(scalar::<String>(&mut user, &format!("SELECT vitally.wait({run}, '30 seconds')")), "succeeded");
@@ -225,8 +223,7 @@ fn the_worker_never_runs_a_users_sql_and_names_cannot_inject_any() {
     user.query_one("SELECT vitally.unschedule($1)", &[&sync]).unwrap();
     assert_eq!(scalar::<i64>(&mut admin, "SELECT count(*) FROM hostile_victim"), 1, "nothing was injected");
     // The query ran once, in the caller's session, as its owner; never in the worker.
-    let seen: Vec<(String, i32)> =
-        admin.query("SELECT who, pid FROM hostile_seen", &[]).unwrap().iter().map(|r| (r.get(0), r.get(1))).collect();
+    let seen: Vec<(String, i32)> = admin.query("SELECT who, pid FROM hostile_seen", &[]).unwrap().iter().map(|r| (r.get(0), r.get(1))).collect();
     assert_eq!(seen, [("hostile_user".to_string(), my_pid)]);
     assert!(vitally.object("accounts", "'; DROP TABLE hostile_victim; --").is_some());
     user.query_one("SELECT vitally.drop_sync($1)", &[&sync]).unwrap();

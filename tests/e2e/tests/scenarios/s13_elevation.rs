@@ -73,7 +73,9 @@ fn names_cannot_close_a_literal_whatever_standard_conforming_strings_says() {
     // off, and calls the witness as whoever runs the statement.
     let names = [
         format!(r"a\', {role}.grab('trait')) || jsonb_build_object(\'b"),
-        format!(r"a\', 1)) AS payload, s.dups FROM (SELECT 1) x, LATERAL (SELECT {role}.grab('lateral')) g, pg_temp.vitally_stage s OFFSET 0) r OFFSET 0) p; SELECT {role}.grab('statement'); --"),
+        format!(
+            r"a\', 1)) AS payload, s.dups FROM (SELECT 1) x, LATERAL (SELECT {role}.grab('lateral')) g, pg_temp.vitally_stage s OFFSET 0) r OFFSET 0) p; SELECT {role}.grab('statement'); --"
+        ),
         r"c:\temp\'\\''".to_string(),
     ];
     for (i, scs) in ["off", "on"].iter().enumerate() {
@@ -139,11 +141,7 @@ fn functions_of_a_users_types_never_run_as_the_extension_owner() {
            FROM {role}_rows"
     );
     for (sync, key) in [("by_id", "id"), ("by_mood", "mood")] {
-        me.execute(
-            "SELECT vitally.create_sync($1, $2, 'account', 'upsert', $3, $4)",
-            &[&sync, &format!("{role}_d"), &query, &key],
-        )
-        .unwrap();
+        me.execute("SELECT vitally.create_sync($1, $2, 'account', 'upsert', $3, $4)", &[&sync, &format!("{role}_d"), &query, &key]).unwrap();
     }
     let payload: String = scalar(&mut me, "SELECT payload::text FROM vitally.preview('by_id') ORDER BY sync_key LIMIT 1");
     let payload: serde_json::Value = serde_json::from_str(&payload).unwrap();
@@ -205,20 +203,18 @@ fn a_superuser_running_a_roles_sync_keeps_its_session() {
              'SELECT id, name, {role}.plant() AS p, {role}.plant_immutable() AS f FROM public.{role}_rows');"
     ))
     .unwrap();
-    let before: Vec<String> = ["search_path", "standard_conforming_strings", "work_mem"]
-        .iter()
-        .map(|s| scalar::<String>(&mut admin, &format!("SHOW {s}")))
-        .collect();
+    let before: Vec<String> =
+        ["search_path", "standard_conforming_strings", "work_mem"].iter().map(|s| scalar::<String>(&mut admin, &format!("SHOW {s}"))).collect();
     admin.query("SELECT * FROM vitally.preview('planting')", &[]).unwrap();
     let run: i64 = scalar(&mut admin, "SELECT vitally.sync('planting')");
-    admin.execute("SELECT vitally.alter_sync('planting', query => $1)", &[&format!(
-        "SELECT id, name, {role}.plant() AS p, {role}.plant_immutable() AS f, 1 AS g FROM public.{role}_rows"
-    )])
-    .unwrap();
-    let after: Vec<String> = ["search_path", "standard_conforming_strings", "work_mem"]
-        .iter()
-        .map(|s| scalar::<String>(&mut admin, &format!("SHOW {s}")))
-        .collect();
+    admin
+        .execute(
+            "SELECT vitally.alter_sync('planting', query => $1)",
+            &[&format!("SELECT id, name, {role}.plant() AS p, {role}.plant_immutable() AS f, 1 AS g FROM public.{role}_rows")],
+        )
+        .unwrap();
+    let after: Vec<String> =
+        ["search_path", "standard_conforming_strings", "work_mem"].iter().map(|s| scalar::<String>(&mut admin, &format!("SHOW {s}"))).collect();
     assert_eq!(before, after, "the role's query changed the superuser's settings");
     let temp: Vec<String> =
         admin.query("SELECT relname::text FROM pg_class WHERE relnamespace = pg_my_temp_schema()", &[]).unwrap().iter().map(|r| r.get(0)).collect();
@@ -283,7 +279,11 @@ fn hostile_default_privileges_grant_nothing_on_install_or_upgrade() {
         }
         let grants = extension_grants(&mut su);
         let allowed = |g: &String| g.ends_with(" vitally_user") || g.ends_with(" pg_monitor");
-        assert!(grants.iter().all(allowed), "{db}: grants beyond the documented ones: {:?}", grants.iter().filter(|g| !allowed(g)).collect::<Vec<_>>());
+        assert!(
+            grants.iter().all(allowed),
+            "{db}: grants beyond the documented ones: {:?}",
+            grants.iter().filter(|g| !allowed(g)).collect::<Vec<_>>()
+        );
         assert!(grants.iter().any(|g| g == "schema vitally pg_monitor"), "{grants:?}");
         assert!(grants.iter().any(|g| g == "rel vitally.metrics pg_monitor"), "{grants:?}");
         su.batch_execute("SELECT vitally.create_destination('dp', analytics_api_key => 'defpriv-secret')").unwrap();
@@ -319,8 +319,7 @@ fn redirects_are_never_followed_and_foreign_bodies_never_shown() {
             assert!(!detail.contains("s3cr3t") && !detail.contains("<html>"), "{name}: a foreign body is shown: {detail}");
             assert!(detail.chars().count() < 400, "{detail}");
         }
-        db.execute(&format!("SELECT vitally.create_sync('{name}', '{name}', 'account', 'upsert', 'SELECT * FROM el_redirect_rows')"), &[])
-            .unwrap();
+        db.execute(&format!("SELECT vitally.create_sync('{name}', '{name}', 'account', 'upsert', 'SELECT * FROM el_redirect_rows')"), &[]).unwrap();
         db.execute(&format!("SELECT vitally.create_sync('{name}_rest', '{name}', 'account', 'update_only', 'SELECT * FROM el_redirect_rows')"), &[])
             .unwrap();
         for sync in [name.to_string(), format!("{name}_rest")] {
@@ -352,17 +351,28 @@ fn url_overrides_name_only_allowed_hosts() {
     let mut me = cluster().connect("elev_hosts", "el_hosts");
     let err = sql_error(me.batch_execute("SET vitally.allowed_hosts = '*'"));
     assert_eq!(err.code, "42501", "only a superuser sets allowed_hosts: {}", err.message);
-    let err = sql_error(me.batch_execute("SELECT vitally.create_destination('h', analytics_api_key => 'k', analytics_url => 'https://vitally.io.evil.example/a')"));
+    let err = sql_error(
+        me.batch_execute("SELECT vitally.create_destination('h', analytics_api_key => 'k', analytics_url => 'https://vitally.io.evil.example/a')"),
+    );
     assert_eq!(err.code, "22023");
     assert!(err.message.contains("vitally.allowed_hosts"), "{}", err.message);
     admin.batch_execute("SET vitally.allowed_hosts = '*.vitally.io'").unwrap();
     for url in ["http://127.0.0.1:9/a", "http://localhost:9/a", "https://evilvitally.io/a"] {
-        let err = sql_error(admin.batch_execute(&format!("SELECT vitally.create_destination('h', analytics_api_key => 'k', analytics_url => '{url}')")));
+        let err =
+            sql_error(admin.batch_execute(&format!("SELECT vitally.create_destination('h', analytics_api_key => 'k', analytics_url => '{url}')")));
         assert!(err.message.contains("is not in vitally.allowed_hosts (*.vitally.io)"), "{url}: {}", err.message);
     }
-    admin.batch_execute("SELECT vitally.create_destination('ok', analytics_api_key => 'k', analytics_url => 'https://acme.api.vitally.io/analytics/v1')").unwrap();
+    admin
+        .batch_execute(
+            "SELECT vitally.create_destination('ok', analytics_api_key => 'k', analytics_url => 'https://acme.api.vitally.io/analytics/v1')",
+        )
+        .unwrap();
     // A URL stored while allowed is checked again at each use.
-    admin.batch_execute("RESET vitally.allowed_hosts; SELECT vitally.create_destination('h', analytics_api_key => 'k', analytics_url => 'http://127.0.0.1:9/a')").unwrap();
+    admin
+        .batch_execute(
+            "RESET vitally.allowed_hosts; SELECT vitally.create_destination('h', analytics_api_key => 'k', analytics_url => 'http://127.0.0.1:9/a')",
+        )
+        .unwrap();
     admin.batch_execute("SET vitally.allowed_hosts = '*.vitally.io'").unwrap();
     let (ok, detail): (bool, String) = {
         let row = admin.query_one("SELECT ok, detail FROM vitally.check_destination('h')", &[]).unwrap();
@@ -429,7 +439,11 @@ fn keys_in_dynamic_sql_prepared_statements_and_typos_stay_out_of_the_log() {
         log.contains("unknown region \"mars\"").then_some(log)
     });
     for n in 1..=7 {
-        assert!(!log.contains(&key(n)), "the server log has key {n}:\n{}", log.lines().filter(|l| l.contains("dyn-secret")).collect::<Vec<_>>().join("\n"));
+        assert!(
+            !log.contains(&key(n)),
+            "the server log has key {n}:\n{}",
+            log.lines().filter(|l| l.contains("dyn-secret")).collect::<Vec<_>>().join("\n")
+        );
     }
 }
 
@@ -459,7 +473,9 @@ fn moving_a_url_takes_the_key_again() {
     // The thief accepts the old key: had it been sent, the account would be there.
     assert_eq!(thief.count("accounts"), 0, "the old key went to the new host");
     assert!(thief.counters().responses_401 > 0, "the new host got the new key");
-    let err = sql_error(db.execute("SELECT vitally.alter_destination('el_move', analytics_url => $1, analytics_api_key => '')", &[&honest.analytics_url()]));
+    let err = sql_error(
+        db.execute("SELECT vitally.alter_destination('el_move', analytics_url => $1, analytics_api_key => '')", &[&honest.analytics_url()]),
+    );
     assert!(err.message.contains("would be left without an API key"), "{}", err.message);
 }
 

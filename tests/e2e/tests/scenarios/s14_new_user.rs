@@ -91,7 +91,11 @@ fn events_are_counted_once_when_their_sync_is_made_again() {
     assert_eq!(scalar::<String>(&mut db, &format!("SELECT vitally.wait({run}, '30 seconds')")), "succeeded");
     assert_eq!(vitally.count("events"), 20, "full_resync duplicated events");
     let run: i64 = scalar(&mut db, "SELECT vitally.sync('nu_logins_v2')");
-    assert_eq!(scalar::<i64>(&mut db, &format!("SELECT records_queued FROM vitally.sync_runs WHERE id = {run}")), 0, "a delivered event is not queued again");
+    assert_eq!(
+        scalar::<i64>(&mut db, &format!("SELECT records_queued FROM vitally.sync_runs WHERE id = {run}")),
+        0,
+        "a delivered event is not queued again"
+    );
     // Sending them again on purpose, as the README says: give them new keys.
     db.batch_execute(
         "SELECT vitally.alter_sync('nu_logins_v2', query => $$SELECT 'resent-1:' || id AS id, event, user_id, channel FROM nu_logins$$)",
@@ -122,8 +126,10 @@ fn without_the_preload_everything_but_delivery_works() {
     let vitally = emulator(Faults::default());
     let bare = Cluster::start("nu-nopreload", &[]);
     let mut db = bare.admin("postgres");
-    db.batch_execute("CREATE EXTENSION vitally_sync; CREATE TABLE np_accounts AS SELECT 'a' || g AS id, 'Acme ' || g AS name FROM generate_series(1, 5) g")
-        .unwrap();
+    db.batch_execute(
+        "CREATE EXTENSION vitally_sync; CREATE TABLE np_accounts AS SELECT 'a' || g AS id, 'Acme ' || g AS name FROM generate_series(1, 5) g",
+    )
+    .unwrap();
     emulator_destination(&mut db, "np", &vitally);
     assert_eq!(scalar::<i64>(&mut db, "SELECT count(*) FROM vitally.destinations WHERE analytics_api_key_set AND rest_api_key_set"), 1);
     let checks: Vec<(String, bool)> =
@@ -171,7 +177,9 @@ fn without_the_preload_keys_are_refused_where_a_statement_log_would_keep_them() 
     // Default settings: the key is taken, and a call that fails after loading the
     // library (log_min_error_statement logs its STATEMENT) does not log it.
     let mut fresh = bare.admin("postgres");
-    let err = sql_error(fresh.batch_execute("SELECT vitally.create_destination('bad', analytics_api_key => 'np-secret-1', subdomain => 'not a subdomain')"));
+    let err = sql_error(
+        fresh.batch_execute("SELECT vitally.create_destination('bad', analytics_api_key => 'np-secret-1', subdomain => 'not a subdomain')"),
+    );
     assert_eq!(err.code, "22023", "{}", err.message);
     bare.admin("postgres").batch_execute("SELECT vitally.create_destination('ok', analytics_api_key => 'np-secret-2')").unwrap();
     // log_statement = 'all' logs a call before it runs; a SET in the session may have
