@@ -400,7 +400,7 @@ fn keys_in_dynamic_sql_prepared_statements_and_typos_stay_out_of_the_log() {
          END $f$";
     me.batch_execute("SET standard_conforming_strings = off").unwrap();
     // A wrapper function: its caller's text does not name create_destination (so only a
-    // session without log_statement keeps it out of the log: the README says so), and the
+    // session without log_statement keeps it out of the log: docs/security.md says so), and the
     // failure's CONTEXT has the dynamic statement.
     let mut quiet = cluster().connect("elev_log", "el_log_quiet");
     quiet.batch_execute(&format!("{}; SELECT pg_temp.mk('{}')", wrapper, key(2))).unwrap_err();

@@ -96,7 +96,7 @@ fn events_are_counted_once_when_their_sync_is_made_again() {
         0,
         "a delivered event is not queued again"
     );
-    // Sending them again on purpose, as the README says: give them new keys.
+    // Sending them again on purpose, as docs/reference.md says: give them new keys.
     db.batch_execute(
         "SELECT vitally.alter_sync('nu_logins_v2', query => $$SELECT 'resent-1:' || id AS id, event, user_id, channel FROM nu_logins$$)",
     )
