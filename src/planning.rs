@@ -39,7 +39,7 @@ pub fn prepare(
 ) -> Prepared {
     let object = Object::parse(object).or_raise();
     let behavior = Behavior::parse(behavior).or_raise();
-    let needed = check_pair(object, behavior).or_raise();
+    let needed = check_pair(object, behavior).or_raise().key();
     require_key(sync_name, destination, needed);
     let options = Options::parse(Some(options)).or_raise();
     if options.unlink_removed_accounts && object != Object::User {

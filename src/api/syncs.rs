@@ -12,13 +12,11 @@ mod vitally {
     use pgrx::JsonB;
     use vitally_client::destination::validate_name;
 
-    /// The behavior an object takes when none is given.
+    /// The behavior an object takes when none is given (an unknown object is refused
+    /// by `prepare`, whatever this says).
     fn default_behavior(object: &str) -> &'static str {
-        if object.trim() == "event" {
-            "append"
-        } else {
-            "upsert"
-        }
+        use vitally_planner::definition::{Behavior, Object};
+        Object::parse(object).map_or("upsert", |o| Behavior::default_for(o).as_str())
     }
 
     /// Defines a sync owned by the calling role; returns its id. Everything is

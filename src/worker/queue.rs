@@ -62,12 +62,16 @@ pub fn extension_installed() -> bool {
     })
 }
 
-fn mode(object: &str, behavior: &str) -> Mode {
-    match (object, behavior) {
-        ("nps_response", _) => Mode::NpsResponse,
-        (_, "update_only") => Mode::UpdateOnly,
-        _ => Mode::Analytics,
-    }
+/// How the client writes a sync's records, from the planner's one table of pairs;
+/// None for a pair that is not valid (never guessed).
+fn mode(object: &str, behavior: &str) -> Option<Mode> {
+    use vitally_planner::definition::{check_pair, Behavior, Object, Route};
+    let route = check_pair(Object::parse(object).ok()?, Behavior::parse(behavior).ok()?).ok()?;
+    Some(match route {
+        Route::AnalyticsUpsert | Route::AnalyticsAppend => Mode::Analytics,
+        Route::RestUpdate => Mode::UpdateOnly,
+        Route::RestNps => Mode::NpsResponse,
+    })
 }
 
 /// Claims due records of every destination API that has no job in flight, one job each.
@@ -91,7 +95,8 @@ pub fn claim(busy: &[JobKey], settings: &Settings) -> Vec<Job> {
                 let destination_id: i64 = row.get(2).ok().flatten().unwrap_or_default();
                 let object: String = row.get(3).ok().flatten().unwrap_or_default();
                 let behavior: String = row.get(4).ok().flatten().unwrap_or_default();
-                let key = JobKey { destination_id, rest: mode(&object, &behavior) != Mode::Analytics };
+                let Some(mode) = mode(&object, &behavior) else { continue };
+                let key = JobKey { destination_id, rest: mode != Mode::Analytics };
                 if !busy.contains(&key) {
                     groups.entry(key).or_default().push((sync_id, object, behavior));
                 }
@@ -139,11 +144,12 @@ fn claimed_record(row: &pgrx::spi::SpiHeapTupleData<'_>, syncs: &[(i64, String, 
     let sync_id: i64 = row.get(3).ok().flatten().unwrap_or_default();
     let (_, object, behavior) = syncs.iter().find(|s| s.0 == sync_id).cloned().unwrap_or_default();
     let kind = ObjectKind::parse(&object)?;
+    let mode = mode(&object, &behavior)?;
     Some(Claimed {
         record: QueuedRecord {
             id: row.get(1).ok().flatten().unwrap_or_default(),
             kind,
-            mode: mode(&object, &behavior),
+            mode,
             sync_key: row.get(4).ok().flatten().unwrap_or_default(),
             payload: row.get::<JsonB>(5).ok().flatten().map(|j| j.0).unwrap_or_default(),
             message_id: row.get(7).ok().flatten().unwrap_or_default(),

@@ -29,6 +29,29 @@ pub enum KeyNeeded {
     Rest,
 }
 
+/// Where a valid pair of object and behavior sends its records: the one table the
+/// definition checks, the key check and the worker all read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Analytics API, create or update (users, accounts, organizations).
+    AnalyticsUpsert,
+    /// Analytics API, each event once.
+    AnalyticsAppend,
+    /// REST API: update what exists, skip the rest.
+    RestUpdate,
+    /// REST API: NPS responses.
+    RestNps,
+}
+
+impl Route {
+    pub fn key(self) -> KeyNeeded {
+        match self {
+            Route::AnalyticsUpsert | Route::AnalyticsAppend => KeyNeeded::Analytics,
+            Route::RestUpdate | Route::RestNps => KeyNeeded::Rest,
+        }
+    }
+}
+
 pub const VALID_PAIRS: &str = "user, account, organization with 'upsert' or 'update_only'; event with 'append'; nps_response with 'upsert'";
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -102,6 +125,15 @@ impl Behavior {
         }
     }
 
+    /// The behavior a sync gets when none is given: append for events, else upsert.
+    pub fn default_for(object: Object) -> Behavior {
+        if object == Object::Event {
+            Behavior::Append
+        } else {
+            Behavior::Upsert
+        }
+    }
+
     /// The action `preview` shows for a record this behavior would send.
     pub fn action(self) -> &'static str {
         match self {
@@ -112,15 +144,15 @@ impl Behavior {
     }
 }
 
-/// Checks the pair and says which key it needs.
-pub fn check_pair(object: Object, behavior: Behavior) -> Result<KeyNeeded, PlanError> {
+/// Checks the pair and says where its records go (and so which key it needs).
+pub fn check_pair(object: Object, behavior: Behavior) -> Result<Route, PlanError> {
     use Behavior::*;
     use Object::*;
     match (object, behavior) {
-        (User | Account | Organization, Upsert) => Ok(KeyNeeded::Analytics),
-        (User | Account | Organization, UpdateOnly) => Ok(KeyNeeded::Rest),
-        (Event, Append) => Ok(KeyNeeded::Analytics),
-        (NpsResponse, Upsert) => Ok(KeyNeeded::Rest),
+        (User | Account | Organization, Upsert) => Ok(Route::AnalyticsUpsert),
+        (User | Account | Organization, UpdateOnly) => Ok(Route::RestUpdate),
+        (Event, Append) => Ok(Route::AnalyticsAppend),
+        (NpsResponse, Upsert) => Ok(Route::RestNps),
         _ => Err(PlanError::InvalidPair { object: object.as_str().into(), behavior: behavior.as_str().into() }),
     }
 }
@@ -163,8 +195,10 @@ mod tests {
     fn invalid_pairs_list_the_valid_ones() {
         let err = check_pair(Object::Event, Behavior::Upsert).unwrap_err();
         assert!(err.to_string().contains("event with 'append'"), "{err}");
-        assert_eq!(check_pair(Object::Account, Behavior::UpdateOnly), Ok(KeyNeeded::Rest));
-        assert_eq!(check_pair(Object::NpsResponse, Behavior::Upsert), Ok(KeyNeeded::Rest));
+        assert_eq!(check_pair(Object::Account, Behavior::UpdateOnly).map(Route::key), Ok(KeyNeeded::Rest));
+        assert_eq!(check_pair(Object::NpsResponse, Behavior::Upsert), Ok(Route::RestNps));
+        assert_eq!(Behavior::default_for(Object::Event), Behavior::Append);
+        assert_eq!(Behavior::default_for(Object::User), Behavior::Upsert);
     }
 
     #[test]
