@@ -2,15 +2,10 @@
 //! a caller who may act only on their own.
 
 use crate::elevation::acts_as;
-use crate::errors::UserError;
+use crate::errors::{internal, UserError};
 use pgrx::prelude::*;
-use pgrx::spi::{SpiClient, SpiError};
+use pgrx::spi::SpiClient;
 use pgrx::JsonB;
-
-/// Raises an unexpected SPI failure as an internal error.
-pub fn internal(e: SpiError) -> ! {
-    UserError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("vitally_sync: {e}")).raise()
-}
 
 /// A destination the caller owns: its id, which keys it has, its URL overrides.
 #[derive(Clone)]

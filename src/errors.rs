@@ -102,3 +102,8 @@ impl<T, E: Into<UserError>> OrRaise<T> for Result<T, E> {
         }
     }
 }
+
+/// Raises an unexpected SPI failure as an internal error.
+pub fn internal(e: pgrx::spi::SpiError) -> ! {
+    UserError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("vitally_sync: {e}")).raise()
+}

@@ -82,7 +82,7 @@ pub fn keys_stay_out_of_log() -> Result<(), String> {
                 })
         })
     })
-    .unwrap_or_else(|e| crate::catalog::internal(e));
+    .unwrap_or_else(|e| crate::errors::internal(e));
     let min_messages = unsafe { pg_sys::log_min_messages };
     if min_messages <= pg_sys::DEBUG2 as i32 {
         return Err("log_min_messages is debug2 or lower".into());

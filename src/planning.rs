@@ -118,7 +118,7 @@ pub fn describe(sync_name: &str, query: &str, run_as: pg_sys::Oid) -> Vec<Column
     let described: Vec<(String, pg_sys::Oid, i32)> = sandboxed(run_as, Sandboxed::Query, || {
         with_query_errors(sync_name, || {
             Spi::connect(|client| {
-                let table = client.select(&sql, None, &[]).unwrap_or_else(|e| crate::catalog::internal(e));
+                let table = client.select(&sql, None, &[]).unwrap_or_else(|e| crate::errors::internal(e));
                 let n = table.columns().unwrap_or(0);
                 // The descriptor of the result just read: names, types and typmods.
                 let desc = unsafe { (*pg_sys::SPI_tuptable).tupdesc };
@@ -222,7 +222,7 @@ pub fn stage(sync: &SyncRow, prepared: &Prepared, pass: Pass, progress: &mut Pro
     let fingerprint = prepared.plan.fingerprint(&prepared.options);
     let seed = crate::elevation::with_pinned(|| {
         Spi::get_one_with_args::<i64>("SELECT pg_catalog.hashtextextended($1, 0)", &[fingerprint.as_str().into()])
-            .unwrap_or_else(|e| crate::catalog::internal(e))
+            .unwrap_or_else(|e| crate::errors::internal(e))
             .unwrap_or(0)
     });
     let limit = match pass {
@@ -233,7 +233,7 @@ pub fn stage(sync: &SyncRow, prepared: &Prepared, pass: Pass, progress: &mut Pro
     let fill = format!("INSERT INTO {STAGE} {}", prepared.plan.stage_sql(&sync.query, seed, limit));
     let rows = sandboxed(sync.owner, Sandboxed::Query, || {
         with_query_errors(&sync.name, || {
-            Spi::connect_mut(|client| client.update(&fill, None, &[]).unwrap_or_else(|e| crate::catalog::internal(e)).len() as i64)
+            Spi::connect_mut(|client| client.update(&fill, None, &[]).unwrap_or_else(|e| crate::errors::internal(e)).len() as i64)
         })
     });
     progress.phase(|| format!("ran the query: {rows} rows"));
@@ -241,7 +241,7 @@ pub fn stage(sync: &SyncRow, prepared: &Prepared, pass: Pass, progress: &mut Pro
     let compare = matches!(pass, Pass::Run { full_resync: false })
         && as_extension_owner(|| {
             Spi::get_one_with_args::<bool>("SELECT EXISTS (SELECT FROM vitally.delivery_state WHERE sync_id = $1)", &[sync.id.into()])
-                .unwrap_or_else(|e| crate::catalog::internal(e))
+                .unwrap_or_else(|e| crate::errors::internal(e))
                 .unwrap_or(false)
         });
     let (keys, source) = if compare {
@@ -284,13 +284,13 @@ pub fn stage(sync: &SyncRow, prepared: &Prepared, pass: Pass, progress: &mut Pro
         // Statistics of the text and bigint columns only: ANALYZE of the others would
         // call the comparison functions of the user's types.
         with_settings(PLANNING_SETTINGS, || Spi::run(&format!("ANALYZE {STAGE} (sync_key, hash); {keys}; ANALYZE {KEYS};")))
-            .unwrap_or_else(|e| crate::catalog::internal(e));
+            .unwrap_or_else(|e| crate::errors::internal(e));
     });
     let build = format!("INSERT INTO {RECORDS} (sync_key, hash, payload, error) {}", prepared.plan.records_sql(&source, &prepared.options));
     sandboxed(sync.owner, Sandboxed::Ours, || {
-        with_query_errors(&sync.name, || with_settings(PLANNING_SETTINGS, || Spi::run(&build).unwrap_or_else(|e| crate::catalog::internal(e))))
+        with_query_errors(&sync.name, || with_settings(PLANNING_SETTINGS, || Spi::run(&build).unwrap_or_else(|e| crate::errors::internal(e))))
     });
-    as_extension_owner(|| Spi::run(&format!("ANALYZE {RECORDS}")).unwrap_or_else(|e| crate::catalog::internal(e)));
+    as_extension_owner(|| Spi::run(&format!("ANALYZE {RECORDS}")).unwrap_or_else(|e| crate::errors::internal(e)));
     progress.phase(|| {
         let count = || Spi::get_one::<i64>(&format!("SELECT pg_catalog.count(*) FROM {RECORDS}")).ok().flatten().unwrap_or(0);
         let n = as_extension_owner(count);
@@ -309,13 +309,13 @@ fn create_tables(prepared: &Prepared, owner: pg_sys::Oid) {
              CREATE TEMP TABLE {KEYS} (sync_key pg_catalog.text, n pg_catalog.int8) ON COMMIT DROP;
              CREATE TEMP TABLE {RECORDS} (sync_key pg_catalog.text, hash pg_catalog.int8, payload pg_catalog.jsonb, error pg_catalog.text) ON COMMIT DROP;"
         ))
-        .unwrap_or_else(|e| crate::catalog::internal(e));
+        .unwrap_or_else(|e| crate::errors::internal(e));
         if !unsafe { pg_sys::superuser_arg(owner) } {
             let role =
                 Spi::get_one_with_args::<String>("SELECT pg_catalog.quote_ident(rolname) FROM pg_catalog.pg_authid WHERE oid = $1", &[owner.into()])
-                    .unwrap_or_else(|e| crate::catalog::internal(e))
+                    .unwrap_or_else(|e| crate::errors::internal(e))
                     .unwrap_or_else(|| UserError::new(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, "the sync's owner no longer exists").raise());
-            Spi::run(&format!("GRANT SELECT, INSERT ON {STAGE}, {KEYS}, {RECORDS} TO {role}")).unwrap_or_else(|e| crate::catalog::internal(e));
+            Spi::run(&format!("GRANT SELECT, INSERT ON {STAGE}, {KEYS}, {RECORDS} TO {role}")).unwrap_or_else(|e| crate::errors::internal(e));
         }
     });
 }
@@ -331,7 +331,7 @@ pub fn drop_stage() {
             // Looked up first: DROP ... IF EXISTS would tell the user about it in a NOTICE.
             let exists = Spi::get_one::<bool>(&format!("SELECT pg_catalog.to_regclass('{table}') IS NOT NULL")).ok().flatten().unwrap_or(false);
             if exists {
-                Spi::run(&format!("DROP TABLE {table}")).unwrap_or_else(|e| crate::catalog::internal(e));
+                Spi::run(&format!("DROP TABLE {table}")).unwrap_or_else(|e| crate::errors::internal(e));
             }
         }
     });

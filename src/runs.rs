@@ -25,5 +25,5 @@ pub fn finish_if_done(client: &mut SpiClient<'_>, run_ids: &[i64]) {
          SELECT pg_catalog.pg_notify('vitally_sync', f.id::pg_catalog.text)
            FROM finished f"
     );
-    client.update(&sql, None, &[run_ids.to_vec().into()]).unwrap_or_else(|e| crate::catalog::internal(e));
+    client.update(&sql, None, &[run_ids.to_vec().into()]).unwrap_or_else(|e| crate::errors::internal(e));
 }

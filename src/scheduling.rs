@@ -4,7 +4,7 @@
 //! pg_cron is optional, so nothing here names its objects statically: its schema is
 //! looked up when needed, and a missing pg_cron is a clear error, not a failed install.
 
-use crate::catalog::internal;
+use crate::errors::internal;
 use crate::errors::UserError;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;

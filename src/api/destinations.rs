@@ -7,8 +7,9 @@ use pgrx::prelude::*;
 
 #[pg_schema]
 mod vitally {
-    use crate::catalog::{internal, owned_destination};
+    use crate::catalog::owned_destination;
     use crate::elevation::{as_extension_owner, caller};
+    use crate::errors::internal;
     use crate::errors::{OrRaise, UserError};
     use pgrx::prelude::*;
     use pgrx::spi::SpiClient;

@@ -4,8 +4,9 @@ use pgrx::prelude::*;
 
 #[pg_schema]
 mod vitally {
-    use crate::catalog::{internal, owned_sync, SyncRow};
+    use crate::catalog::{owned_sync, SyncRow};
     use crate::elevation::{as_extension_owner, caller, with_settings};
+    use crate::errors::internal;
     use crate::errors::UserError;
     use crate::planning::{drop_stage, prepare_stored, stage, Pass, Prepared, PLANNING_SETTINGS, RECORDS};
     use crate::progress::Progress;

@@ -4,8 +4,9 @@ use pgrx::prelude::*;
 
 #[pg_schema]
 mod vitally {
-    use crate::catalog::{internal, owned_destination, owned_sync};
+    use crate::catalog::{owned_destination, owned_sync};
     use crate::elevation::{as_extension_owner, caller};
+    use crate::errors::internal;
     use crate::errors::UserError;
     use crate::planning::prepare;
     use pgrx::prelude::*;
