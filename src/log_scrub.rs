@@ -68,6 +68,9 @@ pub fn keys_stay_out_of_log() -> Result<(), String> {
     if installed() || unsafe { pg_sys::GetCurrentStatementStartTimestamp() } > LOADED_DURING.load(Ordering::Relaxed) {
         return Ok(());
     }
+    if unsafe { pg_sys::log_min_messages } <= pg_sys::DEBUG2 as i32 {
+        return Err("log_min_messages is debug2 or lower".into());
+    }
     let names = LOGGED_BEFORE_LOAD.map(|(n, _)| format!("'{n}'")).join(", ");
     let rows: Vec<(String, String, String)> = crate::elevation::with_pinned(|| {
         Spi::connect(|client| {
@@ -83,10 +86,6 @@ pub fn keys_stay_out_of_log() -> Result<(), String> {
         })
     })
     .unwrap_or_else(|e| crate::errors::internal(e));
-    let min_messages = unsafe { pg_sys::log_min_messages };
-    if min_messages <= pg_sys::DEBUG2 as i32 {
-        return Err("log_min_messages is debug2 or lower".into());
-    }
     for (name, quiet) in LOGGED_BEFORE_LOAD {
         match rows.iter().find(|(n, _, _)| n == name) {
             Some((_, setting, source)) if setting == quiet && source != "session" => {}

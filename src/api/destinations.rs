@@ -40,6 +40,7 @@ mod vitally {
         if analytics_key.is_none() && rest_key.is_none() {
             UserError::from(DestinationError::NoKey).raise();
         }
+        check_hosts(region, analytics_key.is_some(), analytics_url.as_deref()).or_raise();
         let owner = caller();
 
         let id = as_extension_owner(|| {
@@ -74,7 +75,6 @@ mod vitally {
                         &[id.into(), analytics_key.as_deref().into(), rest_key.as_deref().into()],
                     )
                     .unwrap_or_else(|e| internal(e));
-                require_hosts(client, id);
                 id
             })
         });
@@ -221,7 +221,7 @@ mod vitally {
         raw.filter(|u| !u.trim().is_empty()).map(|u| validate_base_url(api, u, &allowed).or_raise())
     }
 
-    /// Each key of a destination, as it now stands, has a host to go to.
+    /// Each key of a destination, as an alter left it, has a host to go to.
     fn require_hosts(client: &SpiClient<'_>, id: i64) {
         let row = client
             .select(

@@ -207,11 +207,7 @@ impl VitallyClient {
 
     async fn send_batch(&self, endpoint: &Endpoint, messages: Vec<Value>) -> Vec<Outcome> {
         let outcome = self.post_batch(endpoint, &messages).await;
-        if messages.len() > 1 && worth_splitting(&outcome) {
-            self.split(endpoint, messages).await
-        } else {
-            vec![outcome; messages.len()]
-        }
+        self.settle(endpoint, messages, outcome).await
     }
 
     /// Resends a refused batch in halves, and halves of the halves refused, until the
@@ -247,6 +243,8 @@ impl VitallyClient {
         })
     }
 
+    /// The outcomes of messages sent together and answered `outcome`: that answer for
+    /// each, unless it is worth splitting them.
     async fn settle(&self, endpoint: &Endpoint, messages: Vec<Value>, outcome: Outcome) -> Vec<Outcome> {
         if messages.len() > 1 && worth_splitting(&outcome) {
             self.split(endpoint, messages).await

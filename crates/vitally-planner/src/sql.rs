@@ -236,7 +236,8 @@ impl Plan {
         ];
         let empty = |field: &str| format!("coalesce(p.payload->>{}, '') = ''", quote_literal(field));
         match self.object {
-            Object::User if self.top("accountIds").is_some() && self.behavior != crate::definition::Behavior::UpdateOnly => cases.push(format!(
+            // Every user sync but update only maps accountIds (check_required).
+            Object::User if self.behavior != crate::definition::Behavior::UpdateOnly => cases.push(format!(
                 "WHEN NOT jsonb_path_exists(p.payload->'accountIds', '$[*] ? (@ != null && @ != \"\")') THEN {}",
                 quote_literal(&format!("a user needs at least one account: {} is NULL or empty", self.column_named("accountIds")))
             )),

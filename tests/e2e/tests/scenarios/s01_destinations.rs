@@ -88,6 +88,12 @@ fn alter_changes_only_the_arguments_given() {
     assert_eq!(err.code, "22023", "{}", err.message);
     assert!(err.message.contains("an EU destination with an Analytics key needs analytics_url"), "{}", err.message);
     assert!(err.hint.unwrap().contains("analytics_url =>"));
+    let err = sql_error(db.batch_execute("SELECT vitally.create_destination('eu', analytics_api_key => 'ak', region => 'eu')"));
+    assert!(err.message.contains("an EU destination with an Analytics key needs analytics_url"), "{}", err.message);
+    db.batch_execute(
+        "SELECT vitally.create_destination('eu_rest', rest_api_key => 'rk', region => 'eu'); SELECT vitally.drop_destination('eu_rest')",
+    )
+    .unwrap();
     db.batch_execute("SELECT vitally.alter_destination('d', region => 'eu', analytics_url => 'https://acme.api.vitally-eu.io/analytics/v1', analytics_api_key => 'ak')")
         .unwrap();
     let row = db.query_one("SELECT region, subdomain, analytics_api_key_set, rest_api_key_set, rest_url FROM vitally.destinations", &[]).unwrap();

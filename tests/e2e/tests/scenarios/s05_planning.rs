@@ -284,7 +284,7 @@ fn an_event_is_queued_once_ever() {
     let (key, payload) = payloads(&mut db, "e").remove(0);
     assert_eq!(key, "3");
     assert_eq!(payload, json!({"event": "Login", "userId": "u1", "properties": {"plan": "free"}}));
-    // An event's messageId is stable: the same sync and key always give the same one.
+    // An event's messageId is stable: the same destination, event name and key always give the same one.
     db.batch_execute("SELECT vitally.reset('e')").unwrap();
     db.batch_execute("DELETE FROM vitally.record").unwrap();
     db.batch_execute("SELECT vitally.sync('e')").unwrap();
