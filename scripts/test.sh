@@ -12,7 +12,7 @@ echo "== format and lint (rustfmt.toml; clippy with warnings as errors) =="
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== client, emulator and planner tests (no Postgres; real HTTP over loopback) =="
-cargo test -p vitally-client -p vitally-emulator -p vitally-planner --lib --tests
+cargo test -p vitally-model -p vitally-client -p vitally-emulator -p vitally-planner --lib --tests
 echo "== building and installing the extension =="
 install_extension >/tmp/vitally-test-install.log 2>&1 || { cat /tmp/vitally-test-install.log; exit 1; }
 echo "== end-to-end tests (real cluster) =="

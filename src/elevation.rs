@@ -45,40 +45,32 @@ pub fn acts_as(role: pg_sys::Oid, owner: pg_sys::Oid) -> bool {
     unsafe { pg_sys::has_privs_of_role(role, owner) }
 }
 
+/// The extension is not installed in this database (a library loaded without it).
+#[derive(Debug, thiserror::Error)]
+#[error("extension vitally_sync is not installed in this database")]
+pub struct NotInstalled;
+
+impl From<NotInstalled> for pgrx::pg_sys::panic::ErrorReport {
+    fn from(e: NotInstalled) -> Self {
+        crate::errors::report(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, e.to_string(), Some("CREATE EXTENSION vitally_sync;".into()))
+    }
+}
+
 /// The extension's owner, found through the catalog cache: no SQL, so nothing the
 /// session has set can change what it means.
-fn extension_owner() -> pg_sys::Oid {
-    let owner = unsafe {
-        let ext = pg_sys::get_extension_oid(c"vitally_sync".as_ptr(), true);
-        if ext == pg_sys::InvalidOid {
-            pg_sys::InvalidOid
-        } else {
-            extension_owner_of(ext)
-        }
-    };
-    if owner == pg_sys::InvalidOid {
-        crate::errors::UserError::new(
-            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            "extension vitally_sync is not installed in this database",
-        )
-        .hint("CREATE EXTENSION vitally_sync;")
-        .raise()
+fn extension_owner() -> Result<pg_sys::Oid, crate::errors::Error> {
+    let ext = unsafe { pg_sys::get_extension_oid(c"vitally_sync".as_ptr(), true) };
+    if ext == pg_sys::InvalidOid {
+        return Err(NotInstalled.into());
     }
-    owner
+    let owner = with_pinned(|| Spi::get_one_with_args::<pg_sys::Oid>("SELECT extowner FROM pg_catalog.pg_extension WHERE oid = $1", &[ext.into()]))?;
+    Ok(owner.ok_or(NotInstalled)?)
 }
 
-unsafe fn extension_owner_of(ext: pg_sys::Oid) -> pg_sys::Oid {
-    with_pinned(|| {
-        Spi::get_one_with_args::<pg_sys::Oid>("SELECT extowner FROM pg_catalog.pg_extension WHERE oid = $1", &[ext.into()])
-            .ok()
-            .flatten()
-            .unwrap_or(pg_sys::InvalidOid)
-    })
-}
-
-/// Runs `f` as the extension's owner with `PINNED` settings, then switches back.
-pub fn as_extension_owner<R>(f: impl FnOnce() -> R) -> R {
-    let owner = extension_owner();
+/// Runs `f` as the extension's owner with `PINNED` settings, then switches back (on an
+/// error value too; an ERROR aborts the transaction, which switches back itself).
+pub fn as_extension_owner<R>(f: impl FnOnce() -> Result<R, crate::errors::Error>) -> Result<R, crate::errors::Error> {
+    let owner = extension_owner()?;
     with_pinned(|| as_user(owner, pg_sys::SECURITY_LOCAL_USERID_CHANGE, f))
 }
 

@@ -1,19 +1,21 @@
 //! vitally_sync: reverse ETL from PostgreSQL to Vitally, inside the database.
 //!
 //! This crate is only the glue to Postgres. What can be tested without a server
-//! lives in `crates/` (the Vitally client and the emulator).
+//! lives in `crates/` (the vocabulary, the planner, the Vitally client, the emulator).
+//! CONTRIBUTING.md draws the modules and which may call which.
 
 use pgrx::prelude::*;
 
 mod api;
 mod catalog;
+mod doorbell;
 mod elevation;
 mod errors;
 mod guc;
 mod log_scrub;
 mod planning;
 mod progress;
-mod runs;
+mod queue;
 mod scheduling;
 mod schema;
 mod worker;
@@ -25,6 +27,7 @@ pub extern "C-unwind" fn _PG_init() {
     guc::register();
     log_scrub::install();
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        doorbell::init();
         worker::register();
     }
 }

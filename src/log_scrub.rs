@@ -11,6 +11,7 @@
 //! in a session, and the functions that take keys check that nothing logged the call
 //! before that (`keys_stay_out_of_log`).
 
+use crate::errors::Row;
 use pgrx::prelude::*;
 use std::ffi::CStr;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -72,20 +73,18 @@ pub fn keys_stay_out_of_log() -> Result<(), String> {
         return Err("log_min_messages is debug2 or lower".into());
     }
     let names = LOGGED_BEFORE_LOAD.map(|(n, _)| format!("'{n}'")).join(", ");
+    // Fails closed: settings that cannot be read refuse the key.
     let rows: Vec<(String, String, String)> = crate::elevation::with_pinned(|| {
-        Spi::connect(|client| {
-            client
-                .select(&format!("SELECT name::text, setting::text, source::text FROM pg_catalog.pg_settings WHERE name IN ({names})"), None, &[])
-                .map(|rows| {
-                    rows.map(|r| {
-                        let get = |i| r.get::<String>(i).ok().flatten().unwrap_or_default();
-                        (get(1), get(2), get(3))
-                    })
-                    .collect()
-                })
+        Spi::connect(|client| -> crate::errors::Result<_> {
+            let mut rows = Vec::new();
+            let sql = format!("SELECT name::text, setting::text, source::text FROM pg_catalog.pg_settings WHERE name IN ({names})");
+            for r in client.select(&sql, None, &[])? {
+                rows.push((r.required("name")?, r.required("setting")?, r.required("source")?));
+            }
+            Ok(rows)
         })
     })
-    .unwrap_or_else(|e| crate::errors::internal(e));
+    .map_err(|e| format!("the logging settings cannot be read ({e})"))?;
     for (name, quiet) in LOGGED_BEFORE_LOAD {
         match rows.iter().find(|(n, _, _)| n == name) {
             Some((_, setting, source)) if setting == quiet && source != "session" => {}

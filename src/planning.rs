@@ -2,18 +2,67 @@
 //! temporary table (payload, hash, what is wrong), built by Postgres from the SQL
 //! the planner crate renders. Nothing of the result is held in Rust memory.
 
-use crate::catalog::SyncRow;
+use crate::catalog::{DestinationRow, SyncRow};
 use crate::elevation::{as_extension_owner, sandboxed, with_settings, Sandboxed};
-use crate::errors::{OrRaise, UserError};
+use crate::errors::{report, Result, Row};
 use crate::progress::Progress;
-use pgrx::pg_sys::panic::CaughtError;
+use crate::queue::Staged;
+use pgrx::pg_sys::panic::{CaughtError, ErrorReport};
 use pgrx::prelude::*;
 use pgrx::PgTryBuilder;
-use vitally_planner::definition::{check_pair, KeyNeeded};
-use vitally_planner::{plan, Behavior, Column, ColumnType, Object, Options, Plan};
+use vitally_model::{check_pair, Behavior, KeyNeeded, Object};
+use vitally_planner::{plan, Column, ColumnType, Options, Plan};
+
+/// What a user can get wrong about a sync's definition or query (besides what the
+/// planner crate's `PlanError` says).
+#[derive(Debug, thiserror::Error)]
+pub enum PlanningError {
+    #[error("sync \"{sync}\" needs {which}, and destination \"{destination}\" has none")]
+    NeedsKey { sync: String, which: &'static str, destination: String, arg: &'static str },
+    #[error("option unlink_removed_accounts applies to user syncs only")]
+    UnlinkNotUser,
+    #[error("the query of sync \"{0}\" is empty")]
+    EmptyQuery(String),
+    #[error("the query of sync \"{0}\" is not one SELECT statement")]
+    NotOneStatement(String),
+    #[error("the query of sync \"{sync}\" failed: {message}")]
+    QueryFailed { sync: String, code: PgSqlErrorCode, message: String, hint: Option<String> },
+    #[error("the sync's owner no longer exists")]
+    OwnerGone,
+}
+
+impl From<PlanningError> for ErrorReport {
+    fn from(e: PlanningError) -> Self {
+        use PgSqlErrorCode as C;
+        use PlanningError::*;
+        let (code, hint) = match &e {
+            NeedsKey { destination, arg, .. } => (
+                C::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                Some(format!("SELECT vitally.alter_destination('{}', {arg} => '...');", destination.replace('\'', "''"))),
+            ),
+            UnlinkNotUser => (C::ERRCODE_INVALID_PARAMETER_VALUE, Some("Remove it from the options of this sync.".into())),
+            EmptyQuery(_) => (C::ERRCODE_INVALID_PARAMETER_VALUE, Some("Give a SELECT whose rows are the records to send.".into())),
+            NotOneStatement(_) => (C::ERRCODE_SYNTAX_ERROR, Some("Give one query, without a semicolon in the middle; it runs as a subquery.".into())),
+            QueryFailed { code, message, hint, .. } => (
+                *code,
+                hint.clone().or_else(|| {
+                    if message.contains("data-modifying") {
+                        Some("A sync's query only reads: change data in a statement of its own, before vitally.sync().".into())
+                    } else if *code == C::ERRCODE_INSUFFICIENT_PRIVILEGE {
+                        Some("The query runs with the privileges of the sync's owner: GRANT SELECT on what it reads to that role.".into())
+                    } else {
+                        None
+                    }
+                }),
+            ),
+            OwnerGone => (C::ERRCODE_UNDEFINED_OBJECT, None),
+        };
+        report(code, e.to_string(), hint)
+    }
+}
 
 /// The temporary table a run's rows are kept in; dropped at commit at the latest.
-pub const STAGE: &str = "pg_temp.vitally_stage";
+const STAGE: &str = "pg_temp.vitally_stage";
 
 /// What a sync is, checked and resolved against its query's columns.
 pub struct Prepared {
@@ -28,58 +77,40 @@ pub struct Prepared {
 #[allow(clippy::too_many_arguments)]
 pub fn prepare(
     sync_name: &str,
-    destination: &crate::catalog::DestinationRow,
-    object: &str,
-    behavior: &str,
+    destination: &DestinationRow,
+    object: Object,
+    behavior: Behavior,
     query: &str,
     sync_key: &str,
     mappings: Option<&serde_json::Value>,
     options: &serde_json::Value,
     run_as: pg_sys::Oid,
-) -> Prepared {
-    let object = Object::parse(object).or_raise();
-    let behavior = Behavior::parse(behavior).or_raise();
-    let needed = check_pair(object, behavior).or_raise().key();
-    require_key(sync_name, destination, needed);
-    let options = Options::parse(Some(options)).or_raise();
+) -> Result<Prepared> {
+    let needed = check_pair(object, behavior)?.key();
+    require_key(sync_name, destination, needed)?;
+    let options = Options::parse(Some(options))?;
     if options.unlink_removed_accounts && object != Object::User {
-        UserError::new(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "option unlink_removed_accounts applies to user syncs only")
-            .hint("Remove it from the options of this sync.")
-            .raise();
+        return Err(PlanningError::UnlinkNotUser.into());
     }
-    let columns = describe(sync_name, query, run_as);
-    let plan = plan(object, behavior, sync_key, &columns, mappings).or_raise();
-    Prepared { object, behavior, options, plan }
+    let columns = describe(sync_name, query, run_as)?;
+    let plan = plan(object, behavior, sync_key, &columns, mappings)?;
+    Ok(Prepared { object, behavior, options, plan })
 }
 
 /// Prepares a stored sync for a run or a preview.
-pub fn prepare_stored(sync: &SyncRow) -> Prepared {
-    prepare(
-        &sync.name,
-        &sync.destination,
-        &sync.object,
-        &sync.behavior,
-        &sync.query,
-        &sync.sync_key,
-        sync.mappings.as_ref(),
-        &sync.options,
-        sync.owner,
-    )
+pub fn prepare_stored(sync: &SyncRow) -> Result<Prepared> {
+    prepare(&sync.name, &sync.destination, sync.object, sync.behavior, &sync.query, &sync.sync_key, sync.mappings.as_ref(), &sync.options, sync.owner)
 }
 
-fn require_key(sync_name: &str, destination: &crate::catalog::DestinationRow, needed: KeyNeeded) {
+fn require_key(sync_name: &str, destination: &DestinationRow, needed: KeyNeeded) -> Result<()> {
     let (has, which, arg) = match needed {
         KeyNeeded::Analytics => (destination.has_analytics_key, "the Analytics API key", "analytics_api_key"),
         KeyNeeded::Rest => (destination.has_rest_key, "the REST API key", "rest_api_key"),
     };
-    if !has {
-        UserError::new(
-            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("sync \"{sync_name}\" needs {which}, and destination \"{}\" has none", destination.name),
-        )
-        .hint(format!("SELECT vitally.alter_destination('{}', {arg} => '...');", destination.name.replace('\'', "''")))
-        .raise();
+    if has {
+        return Ok(());
     }
+    Err(PlanningError::NeedsKey { sync: sync_name.to_string(), which, destination: destination.name.clone(), arg }.into())
 }
 
 /// Wraps the user's query so that its columns can be read; refuses anything that
@@ -88,7 +119,7 @@ fn wrapped(query: &str, limit: &str) -> String {
     format!("SELECT * FROM (\n{query}\n) q{limit}")
 }
 
-fn single_statement(sync_name: &str, sql: &str) {
+fn single_statement(sync_name: &str, sql: &str) -> Result<()> {
     let count = with_query_errors(sync_name, || unsafe {
         let text = std::ffi::CString::new(sql).unwrap_or_default();
         let list = pg_sys::raw_parser(text.as_ptr(), pg_sys::RawParseMode::RAW_PARSE_DEFAULT);
@@ -99,43 +130,40 @@ fn single_statement(sync_name: &str, sql: &str) {
         }
     });
     if count != 1 {
-        UserError::new(PgSqlErrorCode::ERRCODE_SYNTAX_ERROR, format!("the query of sync \"{sync_name}\" is not one SELECT statement"))
-            .hint("Give one query, without a semicolon in the middle; it runs as a subquery.")
-            .raise();
+        return Err(PlanningError::NotOneStatement(sync_name.to_string()).into());
     }
+    Ok(())
 }
 
 /// The query's columns, learned by running it with `LIMIT 0` as `run_as`, sandboxed: a
 /// query that does not parse, or reads what that role may not, fails here.
-pub fn describe(sync_name: &str, query: &str, run_as: pg_sys::Oid) -> Vec<Column> {
+pub fn describe(sync_name: &str, query: &str, run_as: pg_sys::Oid) -> Result<Vec<Column>> {
     if query.trim().is_empty() {
-        UserError::new(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("the query of sync \"{sync_name}\" is empty"))
-            .hint("Give a SELECT whose rows are the records to send.")
-            .raise();
+        return Err(PlanningError::EmptyQuery(sync_name.to_string()).into());
     }
     let sql = wrapped(query, " LIMIT 0");
-    single_statement(sync_name, &sql);
+    single_statement(sync_name, &sql)?;
     let described: Vec<(String, pg_sys::Oid, i32)> = sandboxed(run_as, Sandboxed::Query, || {
         with_query_errors(sync_name, || {
-            Spi::connect(|client| {
-                let table = client.select(&sql, None, &[]).unwrap_or_else(|e| crate::errors::internal(e));
-                let n = table.columns().unwrap_or(0);
+            Spi::connect(|client| -> Result<_> {
+                let table = client.select(&sql, None, &[])?;
+                let n = table.columns()?;
                 // The descriptor of the result just read: names, types and typmods.
                 let desc = unsafe { (*pg_sys::SPI_tuptable).tupdesc };
-                (0..n)
+                Ok((0..n)
                     .map(|i| unsafe {
                         let att = &*(*desc).attrs.as_ptr().add(i);
                         let name = std::ffi::CStr::from_ptr(att.attname.data.as_ptr()).to_string_lossy().into_owned();
                         (name, att.atttypid, att.atttypmod)
                     })
-                    .collect()
+                    .collect())
             })
         })
-    });
-    described
+    })?;
+    Ok(described
         .into_iter()
         .map(|(name, oid, typmod)| Column { name, ty: column_type(oid), hashable: hashable(oid), sql_type: sql_type(oid, typmod) })
-        .collect()
+        .collect())
 }
 
 /// A type as SQL, qualified whatever the `search_path` (`pg_catalog.int4`, `alice.mood`).
@@ -168,23 +196,24 @@ fn hashable(oid: pg_sys::Oid) -> bool {
 }
 
 /// Runs `f`, turning an error of the user's query into one that names the sync
-/// (keeping its SQLSTATE, e.g. 42501 for permission denied).
+/// (keeping its SQLSTATE, e.g. 42501 for permission denied). This one is raised at
+/// once, not returned: after an ERROR only the abort of the transaction cleans up
+/// (the executor's state, the switched user), so nothing may run before it.
 pub fn with_query_errors<R>(sync_name: &str, f: impl FnOnce() -> R + std::panic::UnwindSafe) -> R {
     PgTryBuilder::new(f)
         .catch_others(|e| {
-            let report = match &e {
+            let caught = match &e {
                 CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r,
                 CaughtError::RustPanic { ereport, .. } => ereport,
             };
-            let mut err = UserError::new(report.sql_error_code(), format!("the query of sync \"{sync_name}\" failed: {}", report.message()));
-            if let Some(h) = report.hint() {
-                err = err.hint(h.to_string());
-            } else if report.message().contains("data-modifying") {
-                err = err.hint("A sync's query only reads: change data in a statement of its own, before vitally.sync().");
-            } else if report.sql_error_code() == PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE {
-                err = err.hint("The query runs with the privileges of the sync's owner: GRANT SELECT on what it reads to that role.");
-            }
-            err.raise()
+            let error = PlanningError::QueryFailed {
+                sync: sync_name.to_string(),
+                code: caught.sql_error_code(),
+                message: caught.message().to_string(),
+                hint: caught.hint().map(String::from),
+            };
+            ErrorReport::from(error).report(PgLogLevel::ERROR);
+            unreachable!("ERROR does not return")
         })
         .execute()
 }
@@ -216,34 +245,38 @@ pub enum Pass {
 ///    into `KEYS` (changed since their delivery, or repeated), with how often each repeats.
 /// 4. Sandboxed as the sync's owner: the records (JSON, checks) of those keys' rows into
 ///    `RECORDS`; this is where casts and output functions of the user's types run.
-pub fn stage(sync: &SyncRow, prepared: &Prepared, pass: Pass, progress: &mut Progress) -> i64 {
-    single_statement(&sync.name, &wrapped(&sync.query, ""));
-    drop_stage();
+pub fn stage(sync: &SyncRow, prepared: &Prepared, pass: Pass, progress: &mut Progress) -> Result<Staged> {
+    single_statement(&sync.name, &wrapped(&sync.query, ""))?;
+    drop_stage()?;
     let fingerprint = prepared.plan.fingerprint(&prepared.options);
-    let seed = crate::elevation::with_pinned(|| {
-        Spi::get_one_with_args::<i64>("SELECT pg_catalog.hashtextextended($1, 0)", &[fingerprint.as_str().into()])
-            .unwrap_or_else(|e| crate::errors::internal(e))
-            .unwrap_or(0)
-    });
+    let seed: i64 = crate::elevation::with_pinned(|| {
+        Spi::connect(|client| -> Result<i64> {
+            Ok(client
+                .select("SELECT pg_catalog.hashtextextended($1, 0) AS seed", Some(1), &[fingerprint.as_str().into()])?
+                .first()
+                .required("seed")?)
+        })
+    })?;
     let limit = match pass {
         Pass::Preview { limit } => Some(limit),
         Pass::Run { .. } => None,
     };
-    create_tables(prepared, sync.owner);
+    create_tables(prepared, sync.owner)?;
     let fill = format!("INSERT INTO {STAGE} {}", prepared.plan.stage_sql(&sync.query, seed, limit));
     let rows = sandboxed(sync.owner, Sandboxed::Query, || {
-        with_query_errors(&sync.name, || {
-            Spi::connect_mut(|client| client.update(&fill, None, &[]).unwrap_or_else(|e| crate::errors::internal(e)).len() as i64)
-        })
-    });
+        with_query_errors(&sync.name, || Spi::connect_mut(|client| -> Result<i64> { Ok(client.update(&fill, None, &[])?.len() as i64) }))
+    })?;
     progress.phase(|| format!("ran the query: {rows} rows"));
     // Whether some rows may be unchanged: not on a sync's first run (or after a reset).
     let compare = matches!(pass, Pass::Run { full_resync: false })
         && as_extension_owner(|| {
-            Spi::get_one_with_args::<bool>("SELECT EXISTS (SELECT FROM vitally.delivery_state WHERE sync_id = $1)", &[sync.id.into()])
-                .unwrap_or_else(|e| crate::errors::internal(e))
-                .unwrap_or(false)
-        });
+            Spi::connect(|client| {
+                Ok(client
+                    .select("SELECT EXISTS (SELECT FROM vitally.delivery_state WHERE sync_id = $1) AS any", Some(1), &[sync.id.into()])?
+                    .first()
+                    .required::<bool>("any")?)
+            })
+        })?;
     let (keys, source) = if compare {
         // Keys with a row that changed since its delivery, then how many rows each has: a
         // row identical to what was delivered sends nothing whether its key repeats or
@@ -283,56 +316,60 @@ pub fn stage(sync: &SyncRow, prepared: &Prepared, pass: Pass, progress: &mut Pro
     as_extension_owner(|| {
         // Statistics of the text and bigint columns only: ANALYZE of the others would
         // call the comparison functions of the user's types.
-        with_settings(PLANNING_SETTINGS, || Spi::run(&format!("ANALYZE {STAGE} (sync_key, hash); {keys}; ANALYZE {KEYS};")))
-            .unwrap_or_else(|e| crate::errors::internal(e));
-    });
+        Ok(with_settings(PLANNING_SETTINGS, || Spi::run(&format!("ANALYZE {STAGE} (sync_key, hash); {keys}; ANALYZE {KEYS};")))?)
+    })?;
     let build = format!("INSERT INTO {RECORDS} (sync_key, hash, payload, error) {}", prepared.plan.records_sql(&source, &prepared.options));
-    sandboxed(sync.owner, Sandboxed::Ours, || {
-        with_query_errors(&sync.name, || with_settings(PLANNING_SETTINGS, || Spi::run(&build).unwrap_or_else(|e| crate::errors::internal(e))))
-    });
-    as_extension_owner(|| Spi::run(&format!("ANALYZE {RECORDS}")).unwrap_or_else(|e| crate::errors::internal(e)));
-    progress.phase(|| {
-        let count = || Spi::get_one::<i64>(&format!("SELECT pg_catalog.count(*) FROM {RECORDS}")).ok().flatten().unwrap_or(0);
-        let n = as_extension_owner(count);
-        format!("compared with what was delivered: {n} rows new, changed or invalid")
-    });
-    rows
+    sandboxed(sync.owner, Sandboxed::Ours, || with_query_errors(&sync.name, || with_settings(PLANNING_SETTINGS, || Spi::run(&build))))?;
+    as_extension_owner(|| Ok(Spi::run(&format!("ANALYZE {RECORDS}"))?))?;
+    if progress.speaks() {
+        let n = as_extension_owner(|| Ok(Spi::get_one::<i64>(&format!("SELECT pg_catalog.count(*) FROM {RECORDS}"))?))?;
+        progress.phase(|| format!("compared with what was delivered: {} rows new, changed or invalid", n.unwrap_or(0)));
+    } else {
+        progress.phase(String::new);
+    }
+    Ok(Staged {
+        sync_id: sync.id,
+        destination: sync.destination.name.clone(),
+        behavior: prepared.behavior,
+        unlink_removed_accounts: prepared.options.unlink_removed_accounts,
+        rows,
+        table: RECORDS,
+    })
 }
 
 /// The tables of a pass, owned by the extension's owner (so no other role can alter
 /// them); the sync's owner may only fill and read them.
-fn create_tables(prepared: &Prepared, owner: pg_sys::Oid) {
+fn create_tables(prepared: &Prepared, owner: pg_sys::Oid) -> Result<()> {
     let stage = prepared.plan.stage_table_sql(STAGE);
     as_extension_owner(|| {
         Spi::run(&format!(
             "{stage};
              CREATE TEMP TABLE {KEYS} (sync_key pg_catalog.text, n pg_catalog.int8) ON COMMIT DROP;
              CREATE TEMP TABLE {RECORDS} (sync_key pg_catalog.text, hash pg_catalog.int8, payload pg_catalog.jsonb, error pg_catalog.text) ON COMMIT DROP;"
-        ))
-        .unwrap_or_else(|e| crate::errors::internal(e));
+        ))?;
         if !unsafe { pg_sys::superuser_arg(owner) } {
             let role =
-                Spi::get_one_with_args::<String>("SELECT pg_catalog.quote_ident(rolname) FROM pg_catalog.pg_authid WHERE oid = $1", &[owner.into()])
-                    .unwrap_or_else(|e| crate::errors::internal(e))
-                    .unwrap_or_else(|| UserError::new(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, "the sync's owner no longer exists").raise());
-            Spi::run(&format!("GRANT SELECT, INSERT ON {STAGE}, {KEYS}, {RECORDS} TO {role}")).unwrap_or_else(|e| crate::errors::internal(e));
+                Spi::get_one_with_args::<String>("SELECT pg_catalog.quote_ident(rolname) FROM pg_catalog.pg_authid WHERE oid = $1", &[owner.into()])?
+                    .ok_or(PlanningError::OwnerGone)?;
+            Spi::run(&format!("GRANT SELECT, INSERT ON {STAGE}, {KEYS}, {RECORDS} TO {role}"))?;
         }
-    });
+        Ok(())
+    })
 }
 
 /// The temporary tables of a planning pass: the query's rows, the keys to build (with
 /// how many rows each has), the records.
-pub const KEYS: &str = "pg_temp.vitally_keys";
-pub const RECORDS: &str = "pg_temp.vitally_records";
+const KEYS: &str = "pg_temp.vitally_keys";
+const RECORDS: &str = "pg_temp.vitally_records";
 
-pub fn drop_stage() {
+pub fn drop_stage() -> Result<()> {
     as_extension_owner(|| {
         for table in [STAGE, KEYS, RECORDS] {
             // Looked up first: DROP ... IF EXISTS would tell the user about it in a NOTICE.
-            let exists = Spi::get_one::<bool>(&format!("SELECT pg_catalog.to_regclass('{table}') IS NOT NULL")).ok().flatten().unwrap_or(false);
-            if exists {
-                Spi::run(&format!("DROP TABLE {table}")).unwrap_or_else(|e| crate::errors::internal(e));
+            if Spi::get_one::<bool>(&format!("SELECT pg_catalog.to_regclass('{table}') IS NOT NULL"))? == Some(true) {
+                Spi::run(&format!("DROP TABLE {table}"))?;
             }
         }
-    });
+        Ok(())
+    })
 }

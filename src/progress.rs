@@ -19,6 +19,11 @@ impl Progress {
         Progress { sync: sync.to_string(), start: now, last: now }
     }
 
+    /// Whether a phase ending now would be told (what it says may cost a query).
+    pub fn speaks(&self) -> bool {
+        self.start.elapsed() >= QUIET_FOR
+    }
+
     /// A phase ended: `what` says what it did.
     pub fn phase(&mut self, what: impl FnOnce() -> String) {
         let now = Instant::now();

@@ -7,10 +7,10 @@ use pgrx::prelude::*;
 
 #[pg_schema]
 mod vitally {
-    use crate::catalog::owned_destination;
+    use crate::catalog::{owned_destination, CatalogError};
     use crate::elevation::{as_extension_owner, caller};
-    use crate::errors::internal;
-    use crate::errors::{OrRaise, UserError};
+    use crate::errors::{Error, Result, Row};
+    use pgrx::pg_sys::panic::ErrorReport;
     use pgrx::prelude::*;
     use pgrx::spi::SpiClient;
     use vitally_client::destination::{
@@ -27,59 +27,54 @@ mod vitally {
         region: default!(&str, "'us'"),
         analytics_url: default!(Option<&str>, "NULL"),
         rest_url: default!(Option<&str>, "NULL"),
-    ) -> i64 {
+    ) -> std::result::Result<i64, ErrorReport> {
         crate::log_scrub::key_call();
-        require_keys_stay_out_of_log("create_destination");
-        validate_name(name).or_raise();
-        let region = Region::parse(region).or_raise();
-        let subdomain = subdomain.filter(|s| !s.trim().is_empty()).map(validate_subdomain).transpose().or_raise();
-        let analytics_url = url_override(Api::Analytics, analytics_url);
-        let rest_url = url_override(Api::Rest, rest_url);
-        let analytics_key = analytics_api_key.map(|k| normalize_key(Api::Analytics, k)).transpose().or_raise().flatten();
-        let rest_key = rest_api_key.map(|k| normalize_key(Api::Rest, k)).transpose().or_raise().flatten();
+        require_keys_stay_out_of_log("create_destination")?;
+        validate_name(name).map_err(Error::from)?;
+        let region = Region::parse(region).map_err(Error::from)?;
+        let subdomain = subdomain.filter(|s| !s.trim().is_empty()).map(validate_subdomain).transpose().map_err(Error::from)?;
+        let analytics_url = url_override(Api::Analytics, analytics_url)?;
+        let rest_url = url_override(Api::Rest, rest_url)?;
+        let analytics_key = analytics_api_key.map(|k| normalize_key(Api::Analytics, k)).transpose().map_err(Error::from)?.flatten();
+        let rest_key = rest_api_key.map(|k| normalize_key(Api::Rest, k)).transpose().map_err(Error::from)?.flatten();
         if analytics_key.is_none() && rest_key.is_none() {
-            UserError::from(DestinationError::NoKey).raise();
+            return Err(Error::from(DestinationError::NoKey).into());
         }
-        check_hosts(region, analytics_key.is_some(), analytics_url.as_deref()).or_raise();
+        check_hosts(region, analytics_key.is_some(), analytics_url.as_deref()).map_err(Error::from)?;
         let owner = caller();
 
         let id = as_extension_owner(|| {
             Spi::connect_mut(|client| {
-                let inserted = client
-                    .update(
-                        "INSERT INTO vitally.destination (name, owner, region, subdomain, analytics_url, rest_url)
+                let inserted = client.update(
+                    "INSERT INTO vitally.destination (name, owner, region, subdomain, analytics_url, rest_url)
                          VALUES ($1, $2, $3, $4, $5, $6)
                          ON CONFLICT (name) DO NOTHING
                          RETURNING id",
-                        None,
-                        &[
-                            name.into(),
-                            owner.into(),
-                            region.as_str().into(),
-                            subdomain.as_deref().into(),
-                            analytics_url.as_deref().into(),
-                            rest_url.as_deref().into(),
-                        ],
-                    )
-                    .unwrap_or_else(|e| internal(e));
-                let Some(id) = inserted.first().get_one::<i64>().ok().flatten() else {
-                    UserError::new(PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT, format!("destination \"{name}\" already exists"))
-                        .hint("Choose another name, or change the existing one with vitally.alter_destination().")
-                        .raise()
-                };
-                client
-                    .update(
-                        "INSERT INTO vitally.destination_secret (destination_id, analytics_api_key, rest_api_key)
-                         VALUES ($1, $2, $3)",
-                        None,
-                        &[id.into(), analytics_key.as_deref().into(), rest_key.as_deref().into()],
-                    )
-                    .unwrap_or_else(|e| internal(e));
-                id
+                    None,
+                    &[
+                        name.into(),
+                        owner.into(),
+                        region.as_str().into(),
+                        subdomain.as_deref().into(),
+                        analytics_url.as_deref().into(),
+                        rest_url.as_deref().into(),
+                    ],
+                )?;
+                if inserted.is_empty() {
+                    return Err(CatalogError::DestinationExists(name.to_string()).into());
+                }
+                let id: i64 = inserted.first().required("id")?;
+                client.update(
+                    "INSERT INTO vitally.destination_secret (destination_id, analytics_api_key, rest_api_key)
+                     VALUES ($1, $2, $3)",
+                    None,
+                    &[id.into(), analytics_key.as_deref().into(), rest_key.as_deref().into()],
+                )?;
+                Ok(id)
             })
-        });
+        })?;
         crate::log_scrub::key_call_done();
-        id
+        Ok(id)
     }
 
     /// Changes a destination: only the arguments given change. An empty string
@@ -93,22 +88,22 @@ mod vitally {
         region: default!(Option<&str>, "NULL"),
         analytics_url: default!(Option<&str>, "NULL"),
         rest_url: default!(Option<&str>, "NULL"),
-    ) {
+    ) -> std::result::Result<(), ErrorReport> {
         crate::log_scrub::key_call();
         if analytics_api_key.is_some() || rest_api_key.is_some() {
-            require_keys_stay_out_of_log("alter_destination");
+            require_keys_stay_out_of_log("alter_destination")?;
         }
-        let region = region.map(Region::parse).transpose().or_raise();
-        let subdomain = subdomain.map(|s| (!s.trim().is_empty()).then(|| validate_subdomain(s)).transpose()).transpose().or_raise();
-        let analytics_url = analytics_url.map(|u| url_override(Api::Analytics, Some(u)));
-        let rest_url = rest_url.map(|u| url_override(Api::Rest, Some(u)));
-        let analytics_key = analytics_api_key.map(|k| normalize_key(Api::Analytics, k)).transpose().or_raise();
-        let rest_key = rest_api_key.map(|k| normalize_key(Api::Rest, k)).transpose().or_raise();
+        let region = region.map(Region::parse).transpose().map_err(Error::from)?;
+        let subdomain = subdomain.map(|s| (!s.trim().is_empty()).then(|| validate_subdomain(s)).transpose()).transpose().map_err(Error::from)?;
+        let analytics_url = analytics_url.map(|u| url_override(Api::Analytics, Some(u))).transpose()?;
+        let rest_url = rest_url.map(|u| url_override(Api::Rest, Some(u))).transpose()?;
+        let analytics_key = analytics_api_key.map(|k| normalize_key(Api::Analytics, k)).transpose().map_err(Error::from)?;
+        let rest_key = rest_api_key.map(|k| normalize_key(Api::Rest, k)).transpose().map_err(Error::from)?;
         let me = caller();
 
         as_extension_owner(|| {
             Spi::connect_mut(|client| {
-                let stored = owned_destination(client, name, me, true);
+                let stored = owned_destination(client, name, me, true)?;
                 let id = stored.id;
                 require_key_with_new_url(
                     name,
@@ -117,94 +112,79 @@ mod vitally {
                     stored.analytics_url.as_deref(),
                     analytics_url.as_ref(),
                     analytics_key.is_some(),
-                );
-                require_key_with_new_url(name, "rest_url", "rest_api_key", stored.rest_url.as_deref(), rest_url.as_ref(), rest_key.is_some());
+                )?;
+                require_key_with_new_url(name, "rest_url", "rest_api_key", stored.rest_url.as_deref(), rest_url.as_ref(), rest_key.is_some())?;
                 // Each column keeps its value unless its argument was given ($n IS NOT NULL flags).
-                client
-                    .update(
-                        "UPDATE vitally.destination SET
+                client.update(
+                    "UPDATE vitally.destination SET
                              region        = CASE WHEN $2 THEN $3 ELSE region END,
                              subdomain     = CASE WHEN $4 THEN $5 ELSE subdomain END,
                              analytics_url = CASE WHEN $6 THEN $7 ELSE analytics_url END,
                              rest_url      = CASE WHEN $8 THEN $9 ELSE rest_url END,
                              updated_at    = pg_catalog.now()
                          WHERE id = $1",
-                        None,
-                        &[
-                            id.into(),
-                            region.is_some().into(),
-                            region.map(|r| r.as_str()).into(),
-                            subdomain.is_some().into(),
-                            subdomain.clone().flatten().into(),
-                            analytics_url.is_some().into(),
-                            analytics_url.clone().flatten().into(),
-                            rest_url.is_some().into(),
-                            rest_url.clone().flatten().into(),
-                        ],
-                    )
-                    .unwrap_or_else(|e| internal(e));
-                let keys_left = client
-                    .update(
-                        "UPDATE vitally.destination_secret SET
+                    None,
+                    &[
+                        id.into(),
+                        region.is_some().into(),
+                        region.map(|r| r.as_str()).into(),
+                        subdomain.is_some().into(),
+                        subdomain.clone().flatten().into(),
+                        analytics_url.is_some().into(),
+                        analytics_url.clone().flatten().into(),
+                        rest_url.is_some().into(),
+                        rest_url.clone().flatten().into(),
+                    ],
+                )?;
+                let keys_left = client.update(
+                    "UPDATE vitally.destination_secret SET
                              analytics_api_key = CASE WHEN $2 THEN $3 ELSE analytics_api_key END,
                              rest_api_key      = CASE WHEN $4 THEN $5 ELSE rest_api_key END
                          WHERE destination_id = $1
                            AND (CASE WHEN $2 THEN $3 ELSE analytics_api_key END IS NOT NULL
                                 OR CASE WHEN $4 THEN $5 ELSE rest_api_key END IS NOT NULL)
                          RETURNING 1",
-                        None,
-                        &[
-                            id.into(),
-                            analytics_key.is_some().into(),
-                            analytics_key.clone().flatten().into(),
-                            rest_key.is_some().into(),
-                            rest_key.clone().flatten().into(),
-                        ],
-                    )
-                    .unwrap_or_else(|e| internal(e));
+                    None,
+                    &[
+                        id.into(),
+                        analytics_key.is_some().into(),
+                        analytics_key.clone().flatten().into(),
+                        rest_key.is_some().into(),
+                        rest_key.clone().flatten().into(),
+                    ],
+                )?;
                 if keys_left.is_empty() {
-                    UserError::new(
-                        PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-                        format!("destination \"{name}\" would be left without an API key"),
-                    )
-                    .hint("Keep one key, or drop the destination with vitally.drop_destination().")
-                    .raise();
+                    return Err(CatalogError::NoKeyLeft(name.to_string()).into());
                 }
-                require_hosts(client, id);
+                require_hosts(client, id)
             })
-        });
+        })?;
         crate::log_scrub::key_call_done();
+        Ok(())
     }
 
     /// Removes a destination and its keys; refused while syncs use it, unless `cascade`
     /// (which drops those syncs too).
     #[pg_extern(volatile)]
-    fn drop_destination(name: &str, cascade: default!(bool, false)) {
+    fn drop_destination(name: &str, cascade: default!(bool, false)) -> std::result::Result<(), ErrorReport> {
         let me = caller();
-        as_extension_owner(|| {
+        Ok(as_extension_owner(|| {
             Spi::connect_mut(|client| {
-                let id = owned_destination(client, name, me, true).id;
-                let users = client
-                    .select("SELECT string_agg(name, ', ' ORDER BY name) FROM vitally.sync WHERE destination_id = $1", None, &[id.into()])
-                    .unwrap_or_else(|e| internal(e))
+                let id = owned_destination(client, name, me, true)?.id;
+                let users: Option<String> = client
+                    .select("SELECT string_agg(name, ', ' ORDER BY name) AS syncs FROM vitally.sync WHERE destination_id = $1", None, &[id.into()])?
                     .first()
-                    .get_one::<String>()
-                    .ok()
-                    .flatten();
+                    .optional("syncs")?;
                 if let Some(syncs) = users {
                     if !cascade {
-                        UserError::new(
-                            PgSqlErrorCode::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
-                            format!("destination \"{name}\" is used by syncs: {syncs}"),
-                        )
-                        .hint("Drop those syncs first, or call vitally.drop_destination(name, cascade => true) to drop them with it.")
-                        .raise();
+                        return Err(CatalogError::DestinationInUse { name: name.to_string(), syncs }.into());
                     }
-                    crate::catalog::delete_syncs(client, "s.destination_id = $1", id);
+                    crate::catalog::delete_syncs(client, "s.destination_id = $1", id)?;
                 }
-                client.update("DELETE FROM vitally.destination WHERE id = $1", None, &[id.into()]).unwrap_or_else(|e| internal(e));
+                client.update("DELETE FROM vitally.destination WHERE id = $1", None, &[id.into()])?;
+                Ok(())
             })
-        })
+        })?)
     }
 
     /// The base URL a destination uses for `api` ('analytics' or 'rest'): the
@@ -216,55 +196,44 @@ mod vitally {
         base_url(api, region, subdomain, url_override)
     }
 
-    fn url_override(api: Api, raw: Option<&str>) -> Option<String> {
+    fn url_override(api: Api, raw: Option<&str>) -> Result<Option<String>> {
         let allowed = crate::guc::allowed_hosts();
-        raw.filter(|u| !u.trim().is_empty()).map(|u| validate_base_url(api, u, &allowed).or_raise())
+        Ok(raw.filter(|u| !u.trim().is_empty()).map(|u| validate_base_url(api, u, &allowed)).transpose()?)
     }
 
     /// Each key of a destination, as an alter left it, has a host to go to.
-    fn require_hosts(client: &SpiClient<'_>, id: i64) {
+    fn require_hosts(client: &SpiClient<'_>, id: i64) -> Result<()> {
         let row = client
             .select(
-                "SELECT d.region, d.analytics_url, s.analytics_api_key IS NOT NULL
+                "SELECT d.region, d.analytics_url, s.analytics_api_key IS NOT NULL AS has_key
                    FROM vitally.destination d JOIN vitally.destination_secret s ON s.destination_id = d.id WHERE d.id = $1",
                 None,
                 &[id.into()],
-            )
-            .unwrap_or_else(|e| internal(e))
+            )?
             .first();
-        let region = row.get::<String>(1).ok().flatten().and_then(|r| Region::parse(&r).ok()).unwrap_or(Region::Us);
-        let url = row.get::<String>(2).ok().flatten();
-        let has_key = row.get::<bool>(3).ok().flatten().unwrap_or(false);
-        check_hosts(region, has_key, url.as_deref()).or_raise();
+        let region = Region::parse(&row.required::<String>("region")?)?;
+        let url: Option<String> = row.optional("analytics_url")?;
+        Ok(check_hosts(region, row.required("has_key")?, url.as_deref())?)
     }
 
     /// Keys are taken only where the log hook can keep them out of the server log.
-    fn require_keys_stay_out_of_log(function: &str) {
-        if let Err(why) = crate::log_scrub::keys_stay_out_of_log() {
-            UserError::new(
-                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-                format!("vitally.{function}() takes API keys only where they stay out of the server log, and here {why}"),
-            )
-            .hint(
-                "Without the preload Postgres may have logged this call before vitally_sync could hide it: rotate this key in Vitally. \
-                 Then add vitally_sync to shared_preload_libraries in postgresql.conf and restart the server, or call any \
-                 vitally function first in the session (SELECT vitally.worker_pid();) and give the new key in a later statement.",
-            )
-            .raise();
-        }
+    fn require_keys_stay_out_of_log(function: &'static str) -> Result<()> {
+        crate::log_scrub::keys_stay_out_of_log().map_err(|why| CatalogError::KeysWouldBeLogged { function, why }.into())
     }
 
     /// A URL override that changes must come with its key in the same call (a key
     /// given for one host is never sent to another), or with the key cleared.
-    fn require_key_with_new_url(name: &str, arg: &str, key_arg: &str, old: Option<&str>, new: Option<&Option<String>>, key_given: bool) {
-        let Some(new) = new else { return };
-        if new.as_deref() != old && !key_given {
-            UserError::new(
-                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-                format!("changing {arg} of destination \"{name}\" needs {key_arg} again in the same call"),
-            )
-            .hint(format!("A key is never sent to a host it was not given for: call vitally.alter_destination(name, {arg} => ..., {key_arg} => ...), or {key_arg} => '' to remove the key."))
-            .raise();
+    fn require_key_with_new_url(
+        name: &str,
+        arg: &'static str,
+        key_arg: &'static str,
+        old: Option<&str>,
+        new: Option<&Option<String>>,
+        key_given: bool,
+    ) -> Result<()> {
+        match new {
+            Some(new) if new.as_deref() != old && !key_given => Err(CatalogError::KeyWithNewUrl { name: name.to_string(), arg, key_arg }.into()),
+            _ => Ok(()),
         }
     }
 }

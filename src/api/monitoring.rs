@@ -11,6 +11,6 @@ mod vitally {
     /// is not preloaded, so there is none).
     #[pg_extern(volatile)]
     fn worker_pid() -> Option<i32> {
-        crate::worker::running_pid()
+        crate::doorbell::running_pid()
     }
 }

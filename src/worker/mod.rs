@@ -3,24 +3,27 @@
 //!
 //! The main thread alone touches Postgres (claims, outcomes, settings, signals); HTTP
 //! runs as tokio tasks on a current-thread runtime that advances only while the main
-//! thread waits in `block_on`. Each destination API has at most one job in flight, so a
+//! thread waits in `block_on`. Each destination API has at most two jobs in flight, so a
 //! slow or failing destination never holds up another. No transaction is open while a
 //! request is: records are claimed with a lease in one short transaction, and their
 //! outcomes recorded in another.
 
-mod queue;
-mod retention;
+mod settings;
 
+use crate::errors::Result;
+use crate::queue::{JobKey, JobResult};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
+use pgrx::pg_sys::panic::{ErrorReport, ErrorReportable};
 use pgrx::prelude::*;
-use pgrx::{pg_shmem_init, PgAtomic, PgTryBuilder};
+use pgrx::spi::SpiClient;
+use pgrx::PgTryBuilder;
+use settings::Settings;
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vitally_client::delivery::deliver;
-use vitally_client::{ClientConfig, RetryPolicy, VitallyClient};
+use vitally_client::{Endpoint, Outcome, VitallyClient};
 
 /// How long the postmaster waits before starting the worker again after it exits.
 const RESTART_AFTER: Duration = Duration::from_secs(2);
@@ -40,16 +43,8 @@ const PRUNE_EVERY_BUSY: Duration = Duration::from_secs(600);
 /// How long in-flight jobs may finish after SIGTERM before their records are released.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
-/// The worker's pid in shared memory, so that a committing backend can wake it.
-static WORKER_PID: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"vitally_sync_worker_pid") };
-
-/// Set in the postmaster when the library is preloaded; every backend inherits it.
-static PRELOADED: AtomicBool = AtomicBool::new(false);
-
-/// Called from `_PG_init` while preloading: shared memory and the worker.
+/// Called from `_PG_init` while preloading (after `doorbell::init`).
 pub fn register() {
-    PRELOADED.store(true, Ordering::Relaxed);
-    pg_shmem_init!(WORKER_PID);
     BackgroundWorkerBuilder::new("vitally_sync worker")
         .set_type("vitally_sync worker")
         .set_library("vitally_sync")
@@ -60,65 +55,46 @@ pub fn register() {
         .load();
 }
 
-/// Wakes the worker (sets its latch) if it runs; safe from any backend.
-pub fn wake() {
-    if !PRELOADED.load(Ordering::Relaxed) {
-        return;
-    }
-    let pid = WORKER_PID.get().load(Ordering::Relaxed);
-    if pid <= 0 {
-        return;
-    }
-    unsafe {
-        let proc_ = pg_sys::BackendPidGetProc(pid);
-        if !proc_.is_null() {
-            pg_sys::SetLatch(&mut (*proc_).procLatch);
-        }
-    }
+/// Runs `f` in a transaction of its own. An error ends the worker: it is started
+/// again, and releases its leases then.
+fn in_transaction<R>(f: impl FnOnce(&mut SpiClient<'_>) -> Result<R>) -> R {
+    BackgroundWorker::transaction(AssertUnwindSafe(|| Spi::connect_mut(|client| f(client)).map_err(ErrorReport::from).unwrap_or_report()))
 }
 
-/// Wakes the worker when the current transaction commits (records it queued become
-/// visible only then); nothing happens on rollback.
-pub fn wake_on_commit() {
-    pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, wake);
+/// The worker runs as a superuser: it resolves names in pg_catalog only (multi-array
+/// `unnest` cannot be schema-qualified).
+fn pin_search_path() {
+    in_transaction(|client| Ok(client.update("SET search_path TO pg_catalog, pg_temp", None, &[]).map(|_| ())?))
 }
 
-/// The settings the worker works with, read on start and on SIGHUP.
-#[derive(Clone)]
-pub struct Settings {
-    pub client: ClientConfig,
-    pub retry: RetryPolicy,
-    pub retention_minutes: i32,
+fn extension_installed() -> bool {
+    in_transaction(|client| Ok(!client.select("SELECT FROM pg_catalog.pg_extension WHERE extname = 'vitally_sync'", None, &[])?.is_empty()))
 }
 
-impl Settings {
-    fn read() -> Settings {
-        use crate::guc::*;
-        Settings {
-            client: ClientConfig {
-                request_timeout: Duration::from_millis(REQUEST_TIMEOUT_MS.get().max(1) as u64),
-                max_concurrency: MAX_CONCURRENCY.get().max(1) as usize,
-                rest_requests_per_minute: REST_REQUESTS_PER_MINUTE.get().max(1) as u32,
-                batch_size: BATCH_SIZE.get().clamp(1, 100) as usize,
-            },
-            retry: RetryPolicy {
-                max_attempts: MAX_ATTEMPTS.get().max(1) as u32,
-                min_delay: Duration::from_millis(RETRY_MIN_DELAY_MS.get().max(1) as u64),
-                max_delay: Duration::from_millis(RETRY_MAX_DELAY_MS.get().max(RETRY_MIN_DELAY_MS.get()).max(1) as u64),
-            },
-            retention_minutes: RECORD_RETENTION_MIN.get().max(1),
-        }
+/// Where a job's records go, or the failure every one of them gets (its key is gone, or
+/// its URL's host is no longer allowed).
+fn endpoint(client: &SpiClient<'_>, key: &JobKey) -> Result<std::result::Result<Endpoint, Outcome>> {
+    let found = crate::catalog::endpoints(client, key.destination_id)?;
+    let name = &found.name;
+    let missing = |which: &str, arg: &str| {
+        Outcome::Rejected {
+        status: 0,
+        error: format!("destination \"{name}\" has no {which} key: set it with vitally.alter_destination('{name}', {arg} => '...') and call vitally.retry_failed()"),
     }
+    };
+    let blocked = |error: String| Outcome::Rejected { status: 0, error };
+    let (found, which, arg) =
+        if key.rest { (found.rest, "REST API", "rest_api_key") } else { (found.analytics, "Analytics API", "analytics_api_key") };
+    Ok(match found {
+        None => Err(missing(which, arg)),
+        Some(e) => e.map_err(blocked),
+    })
+}
 
-    /// Records claimed for one job: enough for every slot to send a few requests, or
-    /// about ten seconds of REST calls at the configured pace.
-    fn job_size(&self, rest: bool) -> i64 {
-        if rest {
-            (self.client.rest_requests_per_minute as i64 / 6).max(10)
-        } else {
-            (self.client.batch_size * self.client.max_concurrency * 8) as i64
-        }
-    }
+/// A job that came back, with the worker's number for it.
+struct Finished {
+    job: u64,
+    result: JobResult,
 }
 
 /// Whether the postmaster still runs (a zero-timeout wait that does not touch the latch).
@@ -144,11 +120,12 @@ struct Worker {
     settings: Settings,
     client: Arc<VitallyClient>,
     runtime: tokio::runtime::Runtime,
-    done_tx: tokio::sync::mpsc::UnboundedSender<queue::Finished>,
-    done_rx: tokio::sync::mpsc::UnboundedReceiver<queue::Finished>,
-    in_flight: HashMap<u64, (queue::JobKey, Vec<queue::Claimed>)>,
+    done_tx: tokio::sync::mpsc::UnboundedSender<Finished>,
+    done_rx: tokio::sync::mpsc::UnboundedReceiver<Finished>,
+    /// Jobs sent and not yet recorded, by the worker's number for them.
+    in_flight: HashMap<u64, (JobKey, Vec<i64>)>,
     next_job: u64,
-    finished: Vec<queue::Finished>,
+    finished: Vec<Finished>,
     /// Whether the extension is installed, as last seen (None: not looked yet).
     installed: Option<bool>,
     next_prune: Instant,
@@ -158,7 +135,7 @@ struct Worker {
 impl Worker {
     /// One round: record finished jobs, prune, claim and start new jobs, then wait a little.
     fn round(&mut self) -> Round {
-        let now_installed = queue::extension_installed();
+        let now_installed = extension_installed();
         if self.installed != Some(now_installed) {
             log!("vitally_sync worker: extension {} in database \"{}\"", if now_installed { "found" } else { "not installed" }, self.database);
             self.installed = Some(now_installed);
@@ -167,7 +144,7 @@ impl Worker {
             self.finished.clear();
             if now_installed {
                 // Only this worker claims records: a lease still held is one a crash left.
-                queue::release_all_leases();
+                in_transaction(crate::queue::release_all_leases);
             }
         }
         if !now_installed {
@@ -183,39 +160,48 @@ impl Worker {
             for f in &self.finished {
                 self.in_flight.remove(&f.job);
             }
-            queue::record_outcomes(std::mem::take(&mut self.finished), &self.settings.retry);
+            let results: Vec<JobResult> = std::mem::take(&mut self.finished).into_iter().map(|f| f.result).collect();
+            in_transaction(|client| crate::queue::record_outcomes(client, &results, &self.settings.retry));
         }
 
         let prune_at = if self.in_flight.is_empty() { self.next_prune } else { self.next_prune.max(self.last_prune + PRUNE_EVERY_BUSY) };
         if Instant::now() >= prune_at {
             // Something went: there may be more, so another batch on the next round.
-            let removed = retention::prune(self.settings.retention_minutes);
+            let removed = in_transaction(|client| crate::queue::prune(client, self.settings.retention_minutes));
             self.last_prune = Instant::now();
             self.next_prune = self.last_prune + if removed > 0 { Duration::ZERO } else { PRUNE_EVERY };
         }
 
-        let mut per_key: HashMap<&queue::JobKey, usize> = HashMap::new();
+        let mut per_key: HashMap<&JobKey, usize> = HashMap::new();
         for (key, _) in self.in_flight.values() {
             *per_key.entry(key).or_default() += 1;
         }
-        let busy: Vec<queue::JobKey> = per_key.into_iter().filter(|(_, n)| *n >= JOBS_PER_API).map(|(k, _)| k.clone()).collect();
-        for job in queue::claim(&busy, &self.settings) {
+        let busy: Vec<JobKey> = per_key.into_iter().filter(|(_, n)| *n >= JOBS_PER_API).map(|(k, _)| k.clone()).collect();
+        let sizes = self.settings.job_sizes();
+        let jobs = in_transaction(|client| {
+            let jobs = crate::queue::claim(client, &busy, &sizes)?;
+            jobs.into_iter().map(|job| Ok((endpoint(client, &job.key)?, job))).collect::<Result<Vec<_>>>()
+        });
+        for (endpoint, job) in jobs {
             self.next_job += 1;
             let id = self.next_job;
-            self.in_flight.insert(id, (job.key.clone(), job.records.clone()));
+            self.in_flight.insert(id, (job.key.clone(), job.records.iter().map(|c| c.record.id).collect()));
             let (client, tx, destination_id) = (self.client.clone(), self.done_tx.clone(), job.key.destination_id);
             self.runtime.spawn(async move {
-                let outcomes = match &job.endpoint {
+                let outcomes = match &endpoint {
                     Ok(endpoint) => deliver(&client, endpoint, job.records.iter().map(|c| c.record.clone()).collect()).await,
                     Err(reason) => job.records.iter().map(|c| (c.record.id, reason.clone())).collect(),
                 };
-                let _ = tx.send(queue::Finished { job: id, destination_id, records: job.records, outcomes });
+                let _ = tx.send(Finished { job: id, result: JobResult { destination_id, records: job.records, outcomes } });
             });
         }
 
         if self.in_flight.is_empty() {
             let until_prune = self.next_prune.saturating_duration_since(Instant::now());
-            let sleep = queue::next_due().unwrap_or(MAX_SLEEP).min(until_prune).clamp(Duration::from_millis(5), MAX_SLEEP);
+            let sleep = in_transaction(|client| crate::queue::next_due(client))
+                .unwrap_or(MAX_SLEEP)
+                .min(until_prune)
+                .clamp(Duration::from_millis(5), MAX_SLEEP);
             if !BackgroundWorker::wait_latch(Some(sleep)) {
                 return Round::Stop;
             }
@@ -237,13 +223,13 @@ pub extern "C-unwind" fn vitally_sync_worker_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let database = crate::guc::database();
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
-    WORKER_PID.get().store(unsafe { pg_sys::MyProcPid }, Ordering::Relaxed);
-    queue::pin_search_path();
+    crate::doorbell::set_worker_pid(unsafe { pg_sys::MyProcPid });
+    pin_search_path();
     log!("vitally_sync worker started for database \"{database}\"");
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
     let settings = Settings::read();
-    let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel::<queue::Finished>();
+    let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel::<Finished>();
     let mut w = Worker {
         database,
         client: Arc::new(VitallyClient::new(settings.client.clone())),
@@ -279,7 +265,7 @@ pub extern "C-unwind" fn vitally_sync_worker_main(_arg: pg_sys::Datum) {
         let round = PgTryBuilder::new(AssertUnwindSafe(|| w.round()))
             .catch_others(|e| {
                 unsafe { pg_sys::AbortCurrentTransaction() };
-                if queue::extension_installed() {
+                if extension_installed() {
                     e.rethrow()
                 }
                 Round::Go
@@ -304,53 +290,15 @@ pub extern "C-unwind" fn vitally_sync_worker_main(_arg: pg_sys::Datum) {
                 _ => break,
             }
         }
-        queue::record_outcomes(std::mem::take(&mut finished), &settings.retry);
-        let unfinished: Vec<i64> = in_flight.values().flat_map(|(_, records)| records.iter().map(|c| c.record.id)).collect();
-        queue::release(&unfinished);
+        let results: Vec<JobResult> = finished.into_iter().map(|f| f.result).collect();
+        in_transaction(|client| crate::queue::record_outcomes(client, &results, &settings.retry));
+        let unfinished: Vec<i64> = in_flight.values().flat_map(|(_, ids)| ids.iter().copied()).collect();
+        in_transaction(|client| crate::queue::release(client, &unfinished));
     }
-    WORKER_PID.get().store(0, Ordering::Relaxed);
+    crate::doorbell::set_worker_pid(0);
     log!("vitally_sync worker stopped");
     // Exit code 1 asks the postmaster to start the worker again (after RESTART_AFTER)
     // when only this process was told to stop (pg_terminate_backend); at server
     // shutdown nothing is restarted.
     unsafe { pg_sys::proc_exit(1) };
-}
-
-/// The worker's pid when it runs (and this backend can know: the library is preloaded).
-pub fn running_pid() -> Option<i32> {
-    if !PRELOADED.load(Ordering::Relaxed) {
-        return None;
-    }
-    let pid = WORKER_PID.get().load(Ordering::Relaxed);
-    (pid > 0 && !unsafe { pg_sys::BackendPidGetProc(pid) }.is_null()).then_some(pid)
-}
-
-/// Why no worker will deliver what this database queues, with what to do about it;
-/// None when one does.
-pub fn not_delivering() -> Option<String> {
-    if !PRELOADED.load(Ordering::Relaxed) {
-        return Some(
-            "vitally_sync is not in shared_preload_libraries, so no worker delivers the queued records; \
-             add it in postgresql.conf and restart the server"
-                .into(),
-        );
-    }
-    let served = crate::guc::database();
-    let here = crate::elevation::with_pinned(|| Spi::get_one::<String>("SELECT pg_catalog.current_database()::pg_catalog.text"))
-        .ok()
-        .flatten()
-        .unwrap_or_default();
-    (served != here).then(|| {
-        format!(
-            "the vitally_sync worker serves database \"{served}\", not \"{here}\": records queued here are not delivered; \
-             set vitally.database = '{here}' in postgresql.conf and restart the server"
-        )
-    })
-}
-
-/// Tells the caller of `vitally.sync()` when nothing will deliver what it queued.
-pub fn warn_if_not_delivering() {
-    if let Some(why) = not_delivering() {
-        warning!("{why}");
-    }
 }

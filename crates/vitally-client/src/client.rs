@@ -3,7 +3,7 @@
 //! flight, and the pacing of its key.
 
 use crate::auth;
-use crate::message::ObjectKind;
+use crate::message::{rest_collection, Object};
 use crate::outcome::{classify, rate_limit_wait, untrusted_body, worth_splitting, Call, Outcome, RateLimitHeaders};
 use crate::ratelimit::RateLimiter;
 use serde_json::Value;
@@ -261,8 +261,8 @@ impl VitallyClient {
     /// Finds a record by your external id: `GET /<collection>/<id>`, and for users a
     /// search by `externalId` when that finds nothing (whether the REST API takes an
     /// external id in the path is unverified).
-    pub async fn find(&self, endpoint: &Endpoint, kind: ObjectKind, external_id: &str) -> Lookup {
-        let collection = kind.rest_collection().expect("accounts, users, organizations");
+    pub async fn find(&self, endpoint: &Endpoint, kind: Object, external_id: &str) -> Lookup {
+        let collection = rest_collection(kind).expect("accounts, users, organizations");
         let path = format!("/{collection}/{}", encode(external_id));
         let answer = self.request(endpoint, Call::RestLookup, reqwest::Method::GET, &path, None).await;
         match answer.outcome {
@@ -271,14 +271,14 @@ impl VitallyClient {
                     Ok(found) => found,
                     Err(failed) => return failed,
                 };
-                if found.get("externalId").and_then(Value::as_str) == Some(external_id) || kind != ObjectKind::User {
+                if found.get("externalId").and_then(Value::as_str) == Some(external_id) || kind != Object::User {
                     return Lookup::Found(found);
                 }
             }
             Outcome::NotFound { .. } => {}
             other => return Lookup::Failed(other),
         }
-        if kind != ObjectKind::User {
+        if kind != Object::User {
             return Lookup::NotFound;
         }
         let path = format!("/users/search?externalId={}", encode(external_id));
@@ -307,8 +307,8 @@ impl VitallyClient {
     }
 
     /// Updates a record by Vitally's id: traits merge, a trait sent as `null` is deleted.
-    pub async fn update(&self, endpoint: &Endpoint, kind: ObjectKind, vitally_id: &str, body: &Value) -> Outcome {
-        let collection = kind.rest_collection().expect("accounts, users, organizations");
+    pub async fn update(&self, endpoint: &Endpoint, kind: Object, vitally_id: &str, body: &Value) -> Outcome {
+        let collection = rest_collection(kind).expect("accounts, users, organizations");
         let path = format!("/{collection}/{}", encode(vitally_id));
         self.request(endpoint, Call::RestWrite, reqwest::Method::PUT, &path, Some(body)).await.outcome
     }

@@ -8,28 +8,19 @@
 //! responses find their user first. Lookups are cached for the job.
 
 use crate::client::{Endpoint, Lookup, VitallyClient};
-use crate::message::{analytics_messages, nps_body, ObjectKind};
+use crate::message::{analytics_messages, nps_body, rest_collection, Object};
 use crate::outcome::Outcome;
 use serde_json::Value;
 use std::collections::HashMap;
-
-/// How a record is written to Vitally.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// Analytics API: upserts and events.
-    Analytics,
-    /// REST API: update records that exist, skip the rest.
-    UpdateOnly,
-    /// REST API: create or update an NPS response.
-    NpsResponse,
-}
+use vitally_model::Route;
 
 /// One queued record, as the worker claimed it.
 #[derive(Debug, Clone)]
 pub struct QueuedRecord {
     pub id: i64,
-    pub kind: ObjectKind,
-    pub mode: Mode,
+    pub object: Object,
+    /// Which API and call, from the sync's pair (`vitally_model::check_pair`).
+    pub route: Route,
     pub sync_key: String,
     pub payload: Value,
     pub message_id: String,
@@ -39,7 +30,7 @@ pub struct QueuedRecord {
 
 /// Sends every record of a job to `endpoint`; returns `(record id, outcome)` for each.
 pub async fn deliver(client: &VitallyClient, endpoint: &Endpoint, records: Vec<QueuedRecord>) -> Vec<(i64, Outcome)> {
-    let (analytics, rest): (Vec<_>, Vec<_>) = records.into_iter().partition(|r| r.mode == Mode::Analytics);
+    let (analytics, rest): (Vec<_>, Vec<_>) = records.into_iter().partition(|r| !r.route.is_rest());
     let mut outcomes = deliver_analytics(client, endpoint, analytics).await;
     outcomes.extend(deliver_rest(client, endpoint, rest).await);
     outcomes
@@ -62,7 +53,7 @@ async fn deliver_analytics(client: &VitallyClient, endpoint: &Endpoint, records:
     let mut owner = Vec::new(); // message index -> index in `sent`
     let mut sent: Vec<i64> = Vec::new();
     for r in &records {
-        match analytics_messages(r.kind, &r.payload, &r.message_id, &r.queued_at) {
+        match analytics_messages(r.object, &r.payload, &r.message_id, &r.queued_at) {
             Ok(ms) => {
                 sent.push(r.id);
                 for m in ms {
@@ -88,10 +79,10 @@ async fn deliver_analytics(client: &VitallyClient, endpoint: &Endpoint, records:
 async fn deliver_rest(client: &VitallyClient, endpoint: &Endpoint, records: Vec<QueuedRecord>) -> Vec<(i64, Outcome)> {
     // Lookups of one job are cached: many NPS responses of one user, one lookup.
     let cache: tokio::sync::Mutex<HashMap<(String, String), Lookup>> = tokio::sync::Mutex::new(HashMap::new());
-    let find = |kind: ObjectKind, id: String| {
+    let find = |kind: Object, id: String| {
         let cache = &cache;
         async move {
-            let key = (kind.rest_collection().unwrap_or("").to_string(), id.clone());
+            let key = (rest_collection(kind).unwrap_or("").to_string(), id.clone());
             if let Some(hit) = cache.lock().await.get(&key) {
                 return hit.clone();
             }
@@ -105,21 +96,21 @@ async fn deliver_rest(client: &VitallyClient, endpoint: &Endpoint, records: Vec<
     let work = records.into_iter().map(|r| {
         let find = &find;
         async move {
-            let outcome = match r.mode {
-                Mode::UpdateOnly => match find(r.kind, r.sync_key.clone()).await {
+            let outcome = match r.route {
+                Route::RestUpdate => match find(r.object, r.sync_key.clone()).await {
                     // `find` returns Found only with a string id.
                     Lookup::Found(existing) => {
                         let vitally_id = existing.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
-                        client.update(endpoint, r.kind, &vitally_id, &update_body(r.kind, &r.payload)).await
+                        client.update(endpoint, r.object, &vitally_id, &update_body(r.object, &r.payload)).await
                     }
                     Lookup::NotFound => Outcome::NotFound {
-                        error: format!("no {} with id \"{}\" in Vitally: update only does not create it", kind_name(r.kind), r.sync_key),
+                        error: format!("no {} with id \"{}\" in Vitally: update only does not create it", r.object.display_name(), r.sync_key),
                     },
                     Lookup::Failed(o) => o,
                 },
-                Mode::NpsResponse => {
+                Route::RestNps => {
                     let user = r.payload.get("userId").map(text).unwrap_or_default();
-                    match find(ObjectKind::User, user.clone()).await {
+                    match find(Object::User, user.clone()).await {
                         Lookup::Found(found) => {
                             let vitally_id = found.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
                             client.create_nps_response(endpoint, &nps_body(&r.payload, &vitally_id, &r.sync_key)).await
@@ -128,7 +119,7 @@ async fn deliver_rest(client: &VitallyClient, endpoint: &Endpoint, records: Vec<
                         Lookup::Failed(o) => o,
                     }
                 }
-                Mode::Analytics => unreachable!("partitioned out"),
+                Route::AnalyticsUpsert | Route::AnalyticsAppend => unreachable!("partitioned out"),
             };
             (r.id, outcome)
         }
@@ -144,25 +135,15 @@ fn text(v: &Value) -> String {
     }
 }
 
-fn kind_name(kind: ObjectKind) -> &'static str {
-    match kind {
-        ObjectKind::User => "user",
-        ObjectKind::Account => "account",
-        ObjectKind::Organization => "organization",
-        ObjectKind::Event => "event",
-        ObjectKind::NpsResponse => "NPS response",
-    }
-}
-
 /// The REST update body of a record: its traits (merged by Vitally; `null` deletes),
 /// except the fields a REST record has at top level, which go there: `name`, and for
 /// users `email` and `avatar` (in the REST API a `traits.email` is just a trait).
 /// Whether an account's `name` is editable over REST is disputed by Vitally's own
 /// docs; it is sent, as production connectors do: leave `name` out of the query to
 /// keep Vitally's.
-pub fn update_body(kind: ObjectKind, payload: &Value) -> Value {
+pub fn update_body(kind: Object, payload: &Value) -> Value {
     let mut traits = payload.get("traits").and_then(Value::as_object).cloned().unwrap_or_default();
-    let own: &[&str] = if kind == ObjectKind::User { &["name", "email", "avatar"] } else { &["name"] };
+    let own: &[&str] = if kind == Object::User { &["name", "email", "avatar"] } else { &["name"] };
     let mut body = serde_json::Map::new();
     for field in own {
         if let Some(v) = traits.remove(*field) {
@@ -182,11 +163,11 @@ mod tests {
     fn a_rest_users_own_fields_go_top_level_not_in_traits() {
         let payload = json!({"userId": "u1", "traits": {"email": "jane@acme.com", "avatar": "https://x/a.png", "name": "Jane", "plan": "pro"}});
         assert_eq!(
-            update_body(ObjectKind::User, &payload),
+            update_body(Object::User, &payload),
             json!({"email": "jane@acme.com", "avatar": "https://x/a.png", "name": "Jane", "traits": {"plan": "pro"}})
         );
         let account = json!({"accountId": "a1", "traits": {"name": "Acme", "email": "billing@acme.com"}});
-        assert_eq!(update_body(ObjectKind::Account, &account), json!({"name": "Acme", "traits": {"email": "billing@acme.com"}}));
-        assert_eq!(update_body(ObjectKind::Account, &json!({"accountId": "a1"})), json!({"traits": {}}));
+        assert_eq!(update_body(Object::Account, &account), json!({"name": "Acme", "traits": {"email": "billing@acme.com"}}));
+        assert_eq!(update_body(Object::Account, &json!({"accountId": "a1"})), json!({"traits": {}}));
     }
 }

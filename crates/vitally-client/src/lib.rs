@@ -13,6 +13,6 @@ pub mod ratelimit;
 pub mod retry;
 
 pub use client::{ClientConfig, Endpoint, KeyCheck, Lookup, VitallyClient, MAX_BATCH};
-pub use message::ObjectKind;
 pub use outcome::Outcome;
 pub use retry::{Next, RetryPolicy};
+pub use vitally_model::{Object, Route};

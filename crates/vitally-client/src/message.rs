@@ -11,36 +11,15 @@ use serde_json::{json, Map, Value};
 use thiserror::Error;
 use uuid::Uuid;
 
-/// The Vitally objects a sync can write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ObjectKind {
-    User,
-    Account,
-    Organization,
-    Event,
-    NpsResponse,
-}
+pub use vitally_model::Object;
 
-impl ObjectKind {
-    pub fn parse(s: &str) -> Option<ObjectKind> {
-        Some(match s {
-            "user" => ObjectKind::User,
-            "account" => ObjectKind::Account,
-            "organization" => ObjectKind::Organization,
-            "event" => ObjectKind::Event,
-            "nps_response" => ObjectKind::NpsResponse,
-            _ => return None,
-        })
-    }
-
-    /// The REST resource collection, for objects that have one.
-    pub fn rest_collection(self) -> Option<&'static str> {
-        match self {
-            ObjectKind::User => Some("users"),
-            ObjectKind::Account => Some("accounts"),
-            ObjectKind::Organization => Some("organizations"),
-            _ => None,
-        }
+/// The REST resource collection of an object, for those that have one.
+pub fn rest_collection(object: Object) -> Option<&'static str> {
+    match object {
+        Object::User => Some("users"),
+        Object::Account => Some("accounts"),
+        Object::Organization => Some("organizations"),
+        Object::Event | Object::NpsResponse => None,
     }
 }
 
@@ -113,21 +92,21 @@ fn traits(record: &Map<String, Value>, field: &str) -> Value {
 }
 
 /// The Analytics messages (with `type`, `messageId`, `timestamp`) for one record.
-pub fn analytics_messages(kind: ObjectKind, record: &Value, message_id: &str, timestamp: &str) -> Result<Vec<Value>, PayloadError> {
+pub fn analytics_messages(kind: Object, record: &Value, message_id: &str, timestamp: &str) -> Result<Vec<Value>, PayloadError> {
     let r = record.as_object().ok_or(PayloadError::NotAnObject)?;
     let mut messages = Vec::new();
     match kind {
-        ObjectKind::Account => {
+        Object::Account => {
             let mut m = json!({"type": "account", "accountId": required(r, "accountId")?, "traits": traits(r, "traits")});
             if let Some(org) = id(r, "organizationId")? {
                 m["organizationId"] = Value::String(org);
             }
             messages.push(m);
         }
-        ObjectKind::Organization => {
+        Object::Organization => {
             messages.push(json!({"type": "organization", "organizationId": required(r, "organizationId")?, "traits": traits(r, "traits")}));
         }
-        ObjectKind::User => {
+        Object::User => {
             let user = required(r, "userId")?;
             let accounts = account_ids(r)?;
             let org = id(r, "organizationId")?;
@@ -151,7 +130,7 @@ pub fn analytics_messages(kind: ObjectKind, record: &Value, message_id: &str, ti
                 messages.push(base(Some(account)));
             }
         }
-        ObjectKind::Event => {
+        Object::Event => {
             let mut m = json!({"type": "track", "event": required(r, "event")?, "properties": traits(r, "properties")});
             let mut actor = false;
             for field in ["userId", "accountId", "organizationId"] {
@@ -165,10 +144,10 @@ pub fn analytics_messages(kind: ObjectKind, record: &Value, message_id: &str, ti
             }
             messages.push(m);
         }
-        ObjectKind::NpsResponse => return Err(PayloadError::NotAnalytics),
+        Object::NpsResponse => return Err(PayloadError::NotAnalytics),
     }
     // An event keeps the time it happened, when the row says so.
-    let event_time = (kind == ObjectKind::Event).then(|| r.get("timestamp").and_then(Value::as_str)).flatten().filter(|t| !t.is_empty());
+    let event_time = (kind == Object::Event).then(|| r.get("timestamp").and_then(Value::as_str)).flatten().filter(|t| !t.is_empty());
     let several = messages.len() > 1;
     for m in &mut messages {
         let mid = match (several, m.get("accountId").and_then(Value::as_str)) {
@@ -179,7 +158,7 @@ pub fn analytics_messages(kind: ObjectKind, record: &Value, message_id: &str, ti
         m["timestamp"] = Value::String(event_time.unwrap_or(timestamp).to_string());
     }
     // Accounts a user left since the last delivery (unlink_removed_accounts).
-    if let (ObjectKind::User, Some(Value::Array(gone))) = (kind, r.get("unlinkAccountIds")) {
+    if let (Object::User, Some(Value::Array(gone))) = (kind, r.get("unlinkAccountIds")) {
         let user = required(r, "userId")?;
         for account in gone.iter().filter_map(Value::as_str) {
             messages.push(unlink_message(&user, account, message_id, timestamp));
@@ -221,7 +200,7 @@ mod tests {
     #[test]
     fn account_message_carries_organization_and_traits() {
         let record = json!({"accountId": "acct_42", "organizationId": 7, "traits": {"name": "Acme"}});
-        let m = analytics_messages(ObjectKind::Account, &record, "mid-1", T).unwrap();
+        let m = analytics_messages(Object::Account, &record, "mid-1", T).unwrap();
         assert_eq!(
             m,
             vec![
@@ -233,19 +212,19 @@ mod tests {
     #[test]
     fn user_in_two_accounts_is_two_messages_with_distinct_stable_ids() {
         let record = json!({"userId": "u1", "accountIds": ["a", "b", "a"], "traits": {}});
-        let m = analytics_messages(ObjectKind::User, &record, "mid", T).unwrap();
+        let m = analytics_messages(Object::User, &record, "mid", T).unwrap();
         assert_eq!(m.len(), 2, "duplicates in the list are sent once");
         assert_eq!(m[0]["accountId"], "a");
         assert_eq!(m[1]["accountId"], "b");
         assert_ne!(m[0]["messageId"], m[1]["messageId"]);
-        let again = analytics_messages(ObjectKind::User, &record, "mid", T).unwrap();
+        let again = analytics_messages(Object::User, &record, "mid", T).unwrap();
         assert_eq!(m[0]["messageId"], again[0]["messageId"], "a retry sends the same ids");
     }
 
     #[test]
     fn accounts_a_user_left_become_unlink_messages() {
         let record = json!({"userId": "u", "accountIds": ["b"], "unlinkAccountIds": ["a"]});
-        let m = analytics_messages(ObjectKind::User, &record, "mid", T).unwrap();
+        let m = analytics_messages(Object::User, &record, "mid", T).unwrap();
         assert_eq!(m.len(), 2);
         assert_eq!(m[1]["type"], "unlink");
         assert_eq!(m[1]["accountId"], "a");
@@ -254,24 +233,24 @@ mod tests {
 
     #[test]
     fn user_with_one_scalar_account() {
-        let m = analytics_messages(ObjectKind::User, &json!({"userId": "u", "accountIds": 12}), "mid", T).unwrap();
+        let m = analytics_messages(Object::User, &json!({"userId": "u", "accountIds": 12}), "mid", T).unwrap();
         assert_eq!(m[0]["accountId"], "12");
         assert_eq!(m[0]["messageId"], "mid");
     }
 
     #[test]
     fn user_without_account_is_refused() {
-        let err = analytics_messages(ObjectKind::User, &json!({"userId": "u", "accountIds": []}), "m", T).unwrap_err();
+        let err = analytics_messages(Object::User, &json!({"userId": "u", "accountIds": []}), "m", T).unwrap_err();
         assert_eq!(err, PayloadError::UserWithoutAccount);
     }
 
     #[test]
     fn event_keeps_its_own_time_and_needs_an_actor() {
         let record = json!({"event": "Login", "userId": "u", "timestamp": "2026-01-01T00:00:00Z"});
-        let m = analytics_messages(ObjectKind::Event, &record, "evt-1", T).unwrap();
+        let m = analytics_messages(Object::Event, &record, "evt-1", T).unwrap();
         assert_eq!(m[0]["timestamp"], "2026-01-01T00:00:00Z");
         assert_eq!(m[0]["properties"], json!({}));
-        let err = analytics_messages(ObjectKind::Event, &json!({"event": "Login"}), "e", T).unwrap_err();
+        let err = analytics_messages(Object::Event, &json!({"event": "Login"}), "e", T).unwrap_err();
         assert_eq!(err, PayloadError::EventWithoutActor);
     }
 

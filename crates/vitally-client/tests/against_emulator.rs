@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 use std::time::Duration;
-use vitally_client::{ClientConfig, Endpoint, Lookup, ObjectKind, Outcome, VitallyClient};
+use vitally_client::{ClientConfig, Endpoint, Lookup, Object, Outcome, VitallyClient};
 use vitally_emulator::{Config, Emulator, Faults};
 
 const KEY: &str = "test-analytics-key";
@@ -88,7 +88,7 @@ async fn rest_paces_from_remaining_and_reset_when_the_limit_comes_as_a_list() {
     e.seed("accounts", "a", json!({}));
     let c = client(ClientConfig { rest_requests_per_minute: 60_000, max_concurrency: 1, ..ClientConfig::default() });
     for _ in 0..7 {
-        assert!(matches!(c.find(&rest(&e), ObjectKind::Account, "a").await, Lookup::Found(_)));
+        assert!(matches!(c.find(&rest(&e), Object::Account, "a").await, Lookup::Found(_)));
     }
     assert_eq!(e.counters().rate_limited, 0, "{:?}", e.counters());
 }
@@ -114,8 +114,8 @@ async fn a_lookup_without_an_id_or_with_an_error_is_never_followed_by_a_write() 
         let c = client(ClientConfig::default());
         let record = vitally_client::delivery::QueuedRecord {
             id: 1,
-            kind: ObjectKind::Account,
-            mode: vitally_client::delivery::Mode::UpdateOnly,
+            object: Object::Account,
+            route: vitally_client::Route::RestUpdate,
             sync_key: "acct_1".into(),
             payload: json!({"accountId": "acct_1", "traits": {"seats": 3}}),
             message_id: "m".into(),
@@ -124,7 +124,7 @@ async fn a_lookup_without_an_id_or_with_an_error_is_never_followed_by_a_write() 
         let outcomes = vitally_client::delivery::deliver(&c, &rest(&e), vec![record]).await;
         assert!(matches!(&outcomes[0].1, Outcome::Rejected { status: 200, error } if error.contains("nothing was written")), "{body}: {outcomes:?}");
         assert!(!e.received().iter().any(|r| r.kind.starts_with("PUT")), "{body}: a write followed");
-        let user = client(ClientConfig::default()).find(&rest(&e), ObjectKind::User, "u_1").await;
+        let user = client(ClientConfig::default()).find(&rest(&e), Object::User, "u_1").await;
         assert!(matches!(user, Lookup::Failed(_)), "{body}: {user:?}");
     }
 }
@@ -222,18 +222,18 @@ async fn update_only_finds_by_external_id_merges_traits_and_reports_the_missing(
     let e = emulator(Config::default()).await;
     let seeded = e.seed("accounts", "acct_1", json!({"plan": "pro", "seats": 3, "legacy": true}));
     let c = client(ClientConfig::default());
-    let found = c.find(&rest(&e), ObjectKind::Account, "acct_1").await;
+    let found = c.find(&rest(&e), Object::Account, "acct_1").await;
     let Lookup::Found(record) = found else { panic!("{found:?}") };
     assert_eq!(record["id"], seeded.id);
 
-    let outcome = c.update(&rest(&e), ObjectKind::Account, &seeded.id, &json!({"traits": {"seats": 5, "legacy": null}})).await;
+    let outcome = c.update(&rest(&e), Object::Account, &seeded.id, &json!({"traits": {"seats": 5, "legacy": null}})).await;
     assert_eq!(outcome, Outcome::Delivered);
     let traits = e.object("accounts", "acct_1").unwrap().traits;
     assert_eq!(Value::Object(traits), json!({"plan": "pro", "seats": 5}), "merged: omitted stays, null deletes");
 
-    assert_eq!(c.find(&rest(&e), ObjectKind::Account, "acct_404").await, Lookup::NotFound);
+    assert_eq!(c.find(&rest(&e), Object::Account, "acct_404").await, Lookup::NotFound);
     // A write's 404 is not "not found" (its target was just found): it fails with a hint.
-    let missing = c.update(&rest(&e), ObjectKind::Account, "no-such-id", &json!({"traits": {}})).await;
+    let missing = c.update(&rest(&e), Object::Account, "no-such-id", &json!({"traits": {}})).await;
     assert!(
         matches!(&missing, Outcome::Rejected { status: 404, error } if error.contains("account not found") && error.contains("rest_url")),
         "{missing:?}"
@@ -260,7 +260,7 @@ async fn nps_responses_are_created_then_updated_by_external_id() {
     let e = emulator(Config::default()).await;
     e.seed("users", "u_1", json!({}));
     let c = client(ClientConfig::default());
-    let Lookup::Found(user) = c.find(&rest(&e), ObjectKind::User, "u_1").await else { panic!() };
+    let Lookup::Found(user) = c.find(&rest(&e), Object::User, "u_1").await else { panic!() };
     let vitally_id = user["id"].as_str().unwrap();
     for score in [6, 9] {
         let body = vitally_client::message::nps_body(&json!({"score": score, "respondedAt": "2026-06-01T10:00:00Z"}), vitally_id, "resp_1");
@@ -282,7 +282,7 @@ async fn rest_calls_stay_under_the_rate_limit_without_429s() {
     let tasks: Vec<_> = (0..45)
         .map(|_| {
             let (c, endpoint) = (c.clone(), endpoint.clone());
-            tokio::spawn(async move { c.find(&endpoint, ObjectKind::Account, "a").await })
+            tokio::spawn(async move { c.find(&endpoint, Object::Account, "a").await })
         })
         .collect();
     for t in tasks {

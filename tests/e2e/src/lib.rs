@@ -256,21 +256,43 @@ pub fn records_queued(db: &mut Client, run: i64) -> i64 {
     scalar(db, &format!("SELECT records_queued FROM vitally.sync_runs WHERE id = {run}"))
 }
 
-/// Marks a sync's pending records delivered and records their delivery state, as the
-/// worker does after Vitally accepts them (for tests of planning alone). Superuser only.
+/// The queue's own statements (src/queue/statements.rs), so that tests move records
+/// through the transitions the worker makes, not through a copy of them.
+#[path = "../../../src/queue/statements.rs"]
+pub mod queue_statements;
+
+/// Records every pending record of a sync as delivered, with the statements the worker
+/// runs when Vitally accepts them (for tests of planning alone). Superuser only.
 pub fn deliver_by_hand(db: &mut Client, sync: &str) -> u64 {
-    db.execute(
-        "WITH d AS (
-             UPDATE vitally.record r SET status = 'delivered', delivered_at = now()
-               FROM vitally.sync s
-              WHERE s.id = r.sync_id AND s.name = $1 AND r.status = 'pending'
-             RETURNING r.sync_id, r.sync_key, r.payload_hash)
-         INSERT INTO vitally.delivery_state (sync_id, sync_key, payload_hash)
-         SELECT sync_id, sync_key, payload_hash FROM d
-         ON CONFLICT (sync_id, sync_key) DO UPDATE SET payload_hash = EXCLUDED.payload_hash",
-        &[&sync],
-    )
-    .unwrap()
+    let pending = db
+        .query(
+            "SELECT r.id, r.version, s.destination_id FROM vitally.record r JOIN vitally.sync s ON s.id = r.sync_id
+              WHERE s.name = $1 AND r.status = 'pending'",
+            &[&sync],
+        )
+        .unwrap();
+    let ids: Vec<i64> = pending.iter().map(|r| r.get(0)).collect();
+    let versions: Vec<i32> = pending.iter().map(|r| r.get(1)).collect();
+    let destinations: Vec<i64> = pending.iter().map(|r| r.get(2)).collect();
+    let n = ids.len();
+    let outcomes = db
+        .query(
+            queue_statements::RECORD_OUTCOMES,
+            &[
+                &ids,
+                &versions,
+                &vec!["delivered"; n],
+                &vec![1i32; n],
+                &vec![0f64; n],
+                &vec![Some(200i32); n],
+                &vec![None::<String>; n],
+                &destinations,
+            ],
+        )
+        .unwrap();
+    let runs: Vec<i64> = outcomes.iter().map(|r| r.get(1)).collect();
+    db.query(queue_statements::FINISH_RUNS, &[&runs]).unwrap();
+    outcomes.len() as u64
 }
 
 /// A destination with both keys, pointing at a port where nothing listens.

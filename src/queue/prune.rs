@@ -1,6 +1,6 @@
-//! Retention: the worker removes what `vitally.record_retention` no longer keeps, a
-//! small batch per transaction, so that nothing is locked for long and delivery goes on
-//! between batches.
+//! Retention, called by the worker: removes what `vitally.record_retention` no longer
+//! keeps, a small batch per transaction, so that nothing is locked for long and delivery
+//! goes on between batches.
 //!
 //! Removed once older than the retention: delivered, skipped and invalid records, failed
 //! records queued again since (the newer copy tells their story), finished runs (but
@@ -13,46 +13,45 @@
 //! too, but every write of the queue would pay for it (a BRIN index cost 8% of the
 //! delivery rate).
 
-use pgrx::bgworkers::BackgroundWorker;
-use pgrx::prelude::*;
+use crate::errors::{Result, Row};
+use pgrx::spi::SpiClient;
 
 /// Rows removed per table and transaction.
 pub const BATCH: i64 = 1000;
-
-fn failed(e: pgrx::spi::SpiError) -> ! {
-    panic!("vitally_sync worker: retention: {e}")
-}
 
 /// The lowest record id queued at or after the cutoff (or past the last record), found
 /// by bisection: about twenty lookups by primary key. Should a row not follow the order
 /// (a pending record replaced later keeps its id), the bound only comes out lower, and
 /// what lies beyond it waits for a later pass.
-fn first_recent_id(retention_minutes: i32) -> i64 {
-    let (Some(mut lo), Some(mut hi)) =
-        Spi::get_two::<i64, i64>("SELECT pg_catalog.min(id), pg_catalog.max(id) + 1 FROM vitally.record").unwrap_or_else(|e| failed(e))
-    else {
-        return 0;
+fn first_recent_id(client: &SpiClient<'_>, retention_minutes: i32) -> Result<i64> {
+    let bounds = client.select("SELECT pg_catalog.min(id) AS lo, pg_catalog.max(id) + 1 AS hi FROM vitally.record", Some(1), &[])?.first();
+    let (Some(mut lo), Some(mut hi)) = (bounds.optional::<i64>("lo")?, bounds.optional::<i64>("hi")?) else {
+        return Ok(0);
     };
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
-        let next = Spi::get_two_with_args::<i64, bool>(
-            "SELECT id, queued_at < pg_catalog.now() - pg_catalog.make_interval(mins => $2) FROM vitally.record
-              WHERE id >= $1 ORDER BY id LIMIT 1",
-            &[mid.into(), retention_minutes.into()],
-        );
-        match next {
-            Ok((Some(id), Some(true))) => lo = id + 1,
-            _ => hi = mid,
+        let next = client
+            .select(
+                "SELECT id, queued_at < pg_catalog.now() - pg_catalog.make_interval(mins => $2) AS old FROM vitally.record
+                  WHERE id >= $1 ORDER BY id LIMIT 1",
+                Some(1),
+                &[mid.into(), retention_minutes.into()],
+            )?
+            .first();
+        if !next.is_empty() && next.required::<bool>("old")? {
+            lo = next.required::<i64>("id")? + 1;
+        } else {
+            hi = mid;
         }
     }
-    lo
+    Ok(lo)
 }
 
 /// Removes one batch; returns how many records and runs went (a full batch: call again).
-pub fn prune(retention_minutes: i32) -> i64 {
-    BackgroundWorker::transaction(|| {
-        let bound = first_recent_id(retention_minutes);
-        Spi::get_one_with_args::<i64>(
+pub fn prune(client: &mut SpiClient<'_>, retention_minutes: i32) -> Result<i64> {
+    let bound = first_recent_id(client, retention_minutes)?;
+    let removed = client
+        .update(
             "WITH cutoff AS (SELECT pg_catalog.now() - pg_catalog.make_interval(mins => $1) AS at),
                   old_records AS (
                       SELECT r.id FROM vitally.record r, cutoff
@@ -72,10 +71,11 @@ pub fn prune(retention_minutes: i32) -> i64 {
                   runs AS (DELETE FROM vitally.sync_run r USING old_runs o WHERE r.id = o.id RETURNING 1),
                   stats AS (DELETE FROM vitally.delivery_stats s USING cutoff
                              WHERE s.minute < least(cutoff.at, pg_catalog.now() - interval '1 day'))
-             SELECT (SELECT pg_catalog.count(*) FROM records) + (SELECT pg_catalog.count(*) FROM runs)",
+             SELECT (SELECT pg_catalog.count(*) FROM records) + (SELECT pg_catalog.count(*) FROM runs) AS removed",
+            None,
             &[retention_minutes.into(), BATCH.into(), bound.into()],
-        )
-        .unwrap_or_else(|e| failed(e))
-        .unwrap_or(0)
-    })
+        )?
+        .first()
+        .required("removed")?;
+    Ok(removed)
 }

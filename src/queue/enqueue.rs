@@ -1,0 +1,185 @@
+//! Into the queue: a planned stage becomes records; failed records are queued again;
+//! dropped syncs and forgotten deliveries leave.
+
+use crate::errors::{Result, Row};
+use pgrx::spi::SpiClient;
+use pgrx::JsonB;
+use vitally_model::Behavior;
+use vitally_planner::sql::{quote_literal, MAX_RECORD_BYTES};
+
+/// The records of one planning pass, built by `planning::stage` in a temporary table
+/// `(sync_key, hash, payload, error)` that lives until commit: the new, changed and
+/// invalid rows of a run (every row, for a preview).
+pub struct Staged {
+    pub sync_id: i64,
+    /// The destination's name: part of an event's messageId.
+    pub destination: String,
+    pub behavior: Behavior,
+    pub unlink_removed_accounts: bool,
+    /// How many rows the query gave.
+    pub rows: i64,
+    pub table: &'static str,
+}
+
+/// What `enqueue` did.
+pub struct Enqueued {
+    pub queued: i64,
+    pub invalid: i64,
+}
+
+/// Queues a stage in run `run_id`: invalid rows as invalid records, the others pending,
+/// each replacing the key's pending record if there is one; records the run's figures.
+pub fn enqueue(client: &mut SpiClient<'_>, staged: &Staged, run_id: i64) -> Result<Enqueued> {
+    let records = staged.table;
+    // An event's messageId comes from what identifies it in Vitally, its destination,
+    // name and key, never from the sync: a re-created sync, reset() or full_resync
+    // sends it under the same id and Vitally drops the repeat. (A JSON array keeps
+    // the parts apart whatever they contain.) A change gets a fresh id, kept across
+    // its retries.
+    let message_id = match staged.behavior {
+        Behavior::Append => format!(
+            "pg_catalog.md5(pg_catalog.jsonb_build_array('event', {}::text, s.payload->>'event', s.sync_key)::text)::uuid",
+            quote_literal(&staged.destination)
+        ),
+        _ => "pg_catalog.gen_random_uuid()".to_string(),
+    };
+    // With unlink_removed_accounts, a user's record also names the accounts it was
+    // delivered with and has left: the worker sends an unlink for each.
+    let payload = if staged.unlink_removed_accounts {
+        "s.payload || coalesce((SELECT pg_catalog.jsonb_build_object('unlinkAccountIds', pg_catalog.jsonb_agg(a))
+                                  FROM pg_catalog.jsonb_array_elements_text(d.account_ids) a
+                                 WHERE NOT EXISTS (SELECT FROM pg_catalog.jsonb_array_elements_text(s.payload->'accountIds') c WHERE c = a)
+                                HAVING pg_catalog.count(*) > 0), '{}')"
+    } else {
+        "s.payload"
+    };
+    let invalid = format!(
+        "INSERT INTO vitally.record (sync_id, run_id, sync_key, status, payload, error)
+         SELECT $1, $2, s.sync_key, 'invalid',
+                CASE WHEN pg_catalog.octet_length(s.payload::text) <= {MAX_RECORD_BYTES} THEN s.payload END, s.error
+           FROM {records} s WHERE s.error IS NOT NULL"
+    );
+    // A newer change replaces the pending one (a new version, so the worker can
+    // tell); an event already pending stays as it is.
+    let replace = format!(
+        "UPDATE vitally.record r
+            SET payload = {payload}, payload_hash = s.hash, message_id = {message_id}, run_id = $2,
+                version = r.version + 1, attempts = 0,
+                next_attempt_at = pg_catalog.now(),
+                queued_at = pg_catalog.now(), http_status = NULL, error = NULL
+           FROM {records} s LEFT JOIN vitally.delivery_state d ON d.sync_id = $1 AND d.sync_key = s.sync_key
+          WHERE r.sync_id = $1 AND r.status = 'pending' AND r.sync_key = s.sync_key
+            AND s.error IS NULL AND r.payload_hash IS DISTINCT FROM s.hash AND $3"
+    );
+    let insert = format!(
+        "INSERT INTO vitally.record (sync_id, run_id, sync_key, status, payload, payload_hash, message_id)
+         SELECT $1, $2, s.sync_key, 'pending', {payload}, s.hash, {message_id}
+           FROM {records} s LEFT JOIN vitally.delivery_state d ON d.sync_id = $1 AND d.sync_key = s.sync_key
+          WHERE s.error IS NULL
+            AND NOT EXISTS (SELECT FROM vitally.record p WHERE p.sync_id = $1 AND p.sync_key = s.sync_key AND p.status = 'pending')"
+    );
+    // A failed record whose key is queued again is no longer "failed now".
+    let supersede = format!(
+        "UPDATE vitally.record f SET replaced_at = pg_catalog.now()
+           FROM {records} s
+          WHERE f.sync_id = $1 AND f.status = 'failed' AND f.replaced_at IS NULL
+            AND f.sync_key = s.sync_key AND s.error IS NULL"
+    );
+    let (sync, run) = (staged.sync_id, run_id);
+    let replaces = staged.behavior != Behavior::Append;
+    let invalid = client.update(&invalid, None, &[sync.into(), run.into()])?.len() as i64;
+    let replaced = client.update(&replace, None, &[sync.into(), run.into(), replaces.into()])?.len();
+    let inserted = client.update(&insert, None, &[sync.into(), run.into()])?.len();
+    client.update(&supersede, None, &[sync.into()])?;
+    let queued = (replaced + inserted) as i64;
+    client.update(
+        "UPDATE vitally.sync_run SET rows_read = $2, records_queued = $3, records_invalid = $4,
+                records_unchanged = $2 - $3 - $4, planned_at = pg_catalog.clock_timestamp()
+          WHERE id = $1",
+        None,
+        &[run.into(), staged.rows.into(), queued.into(), invalid.into()],
+    )?;
+    Ok(Enqueued { queued, invalid })
+}
+
+/// One row of `vitally.preview`.
+pub struct PreviewRow {
+    pub sync_key: Option<String>,
+    pub action: String,
+    pub payload: Option<JsonB>,
+    pub error: Option<String>,
+}
+
+/// What a run would do with each staged record, against what was delivered and what is pending.
+pub fn preview(client: &SpiClient<'_>, staged: &Staged) -> Result<Vec<PreviewRow>> {
+    let unchanged = match staged.behavior {
+        Behavior::Append => "d.sync_key IS NOT NULL OR p.id IS NOT NULL",
+        _ => "d.payload_hash = s.hash OR p.payload_hash = s.hash",
+    };
+    let sql = format!(
+        "SELECT s.sync_key,
+                CASE WHEN s.error IS NOT NULL THEN 'invalid' WHEN {unchanged} THEN 'unchanged' ELSE '{action}' END AS action,
+                s.payload, s.error
+           FROM {records} s
+           LEFT JOIN vitally.delivery_state d ON d.sync_id = $1 AND d.sync_key = s.sync_key
+           LEFT JOIN vitally.record p ON p.sync_id = $1 AND p.sync_key = s.sync_key AND p.status = 'pending'",
+        action = staged.behavior.action(),
+        records = staged.table,
+    );
+    let mut rows = Vec::new();
+    for row in client.select(&sql, None, &[staged.sync_id.into()])? {
+        rows.push(PreviewRow {
+            sync_key: row.optional("sync_key")?,
+            action: row.required("action")?,
+            payload: row.optional("payload")?,
+            error: row.optional("error")?,
+        });
+    }
+    Ok(rows)
+}
+
+/// Queues a sync's failed records again, in a new run; returns how many (no run is
+/// left behind when there were none).
+pub fn requeue_failed(client: &mut SpiClient<'_>, sync_id: i64) -> Result<i64> {
+    // Two statements: in one, the run a CTE inserts would be invisible to the update.
+    let run = super::start_run(client, sync_id, false, true)?;
+    let count = client
+        .update(
+            "UPDATE vitally.record r
+                SET status = 'pending', attempts = 0, next_attempt_at = pg_catalog.now(), lease_until = NULL,
+                    error = NULL, http_status = NULL, run_id = $2, queued_at = pg_catalog.now()
+              WHERE r.sync_id = $1 AND r.status = 'failed' AND r.replaced_at IS NULL
+                AND NOT EXISTS (SELECT FROM vitally.record p
+                                 WHERE p.sync_id = $1 AND p.sync_key = r.sync_key AND p.status = 'pending')",
+            None,
+            &[sync_id.into(), run.into()],
+        )?
+        .len() as i64;
+    if count == 0 {
+        client.update("DELETE FROM vitally.sync_run WHERE id = $1", None, &[run.into()])?;
+    } else {
+        client.update("UPDATE vitally.sync_run SET records_queued = $2 WHERE id = $1", None, &[run.into(), count.into()])?;
+    }
+    Ok(count)
+}
+
+/// Forgets what was delivered for a sync: its next run sends every row. Returns how many keys.
+pub fn forget_delivered(client: &mut SpiClient<'_>, sync_id: i64) -> Result<i64> {
+    Ok(client.update("DELETE FROM vitally.delivery_state WHERE sync_id = $1", None, &[sync_id.into()])?.len() as i64)
+}
+
+/// Removes the records and delivery state of syncs being dropped (they have no foreign
+/// keys, see bootstrap.sql, so that the queue's writes check none; runs go with their
+/// sync by cascade).
+pub fn forget_syncs(client: &mut SpiClient<'_>, sync_ids: &[i64]) -> Result<()> {
+    if sync_ids.is_empty() {
+        return Ok(());
+    }
+    client.update(
+        "WITH records AS (DELETE FROM vitally.record WHERE sync_id = ANY($1))
+         DELETE FROM vitally.delivery_state WHERE sync_id = ANY($1)",
+        None,
+        &[sync_ids.to_vec().into()],
+    )?;
+    Ok(())
+}
