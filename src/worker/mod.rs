@@ -58,7 +58,18 @@ pub fn register() {
 /// Runs `f` in a transaction of its own. An error ends the worker: it is started
 /// again, and releases its leases then.
 fn in_transaction<R>(f: impl FnOnce(&mut SpiClient<'_>) -> Result<R>) -> R {
-    BackgroundWorker::transaction(AssertUnwindSafe(|| Spi::connect_mut(|client| f(client)).map_err(ErrorReport::from).unwrap_or_report()))
+    let result =
+        BackgroundWorker::transaction(AssertUnwindSafe(|| Spi::connect_mut(|client| f(client)).map_err(ErrorReport::from).unwrap_or_report()));
+    report_stats(false);
+    result
+}
+
+/// Sends this process's table statistics to the shared ones, as a backend does when it
+/// goes idle: a background worker never passes through that loop, and without this
+/// autovacuum never saw the queue's churn (n_tup_upd stayed 0 after 320,000 outcomes).
+/// Unforced, Postgres does it at most once a second.
+fn report_stats(force: bool) {
+    unsafe { pg_sys::pgstat_report_stat(force) };
 }
 
 /// The worker runs as a superuser: it resolves names in pg_catalog only (multi-array
@@ -202,6 +213,8 @@ impl Worker {
                 .unwrap_or(MAX_SLEEP)
                 .min(until_prune)
                 .clamp(Duration::from_millis(5), MAX_SLEEP);
+            // Idle: what the last transactions did shows in pg_stat_user_tables now.
+            report_stats(true);
             if !BackgroundWorker::wait_latch(Some(sleep)) {
                 return Round::Stop;
             }

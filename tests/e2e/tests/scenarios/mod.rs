@@ -15,6 +15,7 @@ mod s11_faults;
 mod s12_hostile_input;
 mod s13_elevation;
 mod s14_new_user;
+mod s15_scale;
 
 /// Every scenario, as test trials named `<file>::<test>`.
 pub fn all() -> Vec<Trial> {
@@ -34,6 +35,7 @@ pub fn all() -> Vec<Trial> {
     trials.extend(s12_hostile_input::trials());
     trials.extend(s13_elevation::trials());
     trials.extend(s14_new_user::trials());
+    trials.extend(s15_scale::trials());
     trials
 }
 
