@@ -86,7 +86,10 @@ CREATE TABLE vitally.sync_run (
     records_invalid   bigint NOT NULL DEFAULT 0,
     records_delivered bigint NOT NULL DEFAULT 0,
     records_skipped   bigint NOT NULL DEFAULT 0,
-    records_failed    bigint NOT NULL DEFAULT 0
+    records_failed    bigint NOT NULL DEFAULT 0,
+    -- Its records still pending: the queue keeps it (src/queue/), so that telling
+    -- whether a run is over needs no scan of the queue.
+    records_pending   bigint NOT NULL DEFAULT 0
 );
 CREATE INDEX ON vitally.sync_run (sync_id, id);
 CREATE INDEX ON vitally.sync_run (id) WHERE status = 'running';
@@ -106,19 +109,18 @@ CREATE TABLE vitally.record (
     version         integer NOT NULL DEFAULT 1,   -- bumped when a newer payload replaces a pending one
     attempts        integer NOT NULL DEFAULT 0,
     next_attempt_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
-    lease_until     timestamptz,   -- set while the worker sends it
+    lease_until     timestamptz,   -- unused since 0.2.0 (the worker keeps what it sends in memory); kept for one layout with upgraded installs
     http_status     integer,
     error           text,
     queued_at       timestamptz NOT NULL DEFAULT pg_catalog.now(),
     delivered_at    timestamptz,
     replaced_at     timestamptz    -- a failed record whose key was queued again
-) WITH (fillfactor = 80);         -- room for the worker's lease updates to stay HOT (no index writes)
+) WITH (fillfactor = 80);         -- room for updates to stay in their page
 -- One pending record per key: a newer change replaces the pending one.
 CREATE UNIQUE INDEX record_pending_key ON vitally.record (sync_id, sync_key) WHERE status = 'pending';
--- The worker claims due records per sync, oldest first.
-CREATE INDEX record_due ON vitally.record (sync_id, next_attempt_at) WHERE status = 'pending';
--- Whether a run still has pending records; finished records leave it.
-CREATE INDEX record_run ON vitally.record (run_id) WHERE status = 'pending';
+-- The worker claims due records per sync, oldest first, from where its last claim ended
+-- (next_attempt_at, id): it never walks the entries delivered records leave behind.
+CREATE INDEX record_due ON vitally.record (sync_id, next_attempt_at, id) WHERE status = 'pending';
 CREATE INDEX record_failed ON vitally.record (sync_id, sync_key) WHERE status = 'failed' AND replaced_at IS NULL;
 
 -- What was last delivered per key: the payload's hash (append: that the event was sent).

@@ -97,7 +97,12 @@ SELECT s.name AS sync_name,
          WHERE f.sync_id = s.id AND f.status = 'failed' AND f.replaced_at IS NULL) AS failed_now
   FROM vitally.sync s
   JOIN vitally.destination d ON d.id = s.destination_id
-  LEFT JOIN LATERAL (SELECT * FROM vitally.sync_run r WHERE r.sync_id = s.id ORDER BY r.id DESC LIMIT 1) last ON true
+  -- The columns as 0.1.0's `SELECT *` expanded them: a column added since (records_pending)
+  -- changes neither this view nor an upgraded one.
+  LEFT JOIN LATERAL (SELECT r.id, r.sync_id, r.status, r.full_resync, r.started_at, r.planned_at, r.finished_at, r.rows_read,
+                            r.records_queued, r.records_unchanged, r.records_invalid, r.records_delivered, r.records_skipped,
+                            r.records_failed
+                       FROM vitally.sync_run r WHERE r.sync_id = s.id ORDER BY r.id DESC LIMIT 1) last ON true
  WHERE pg_catalog.pg_has_role(s.owner, 'USAGE');
 
 -- One row per destination with the figures an operator alerts on; one flat row of

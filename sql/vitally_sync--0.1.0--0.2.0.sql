@@ -126,3 +126,13 @@ GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA vitally TO vitally_user;
 GRANT SELECT ON vitally.destinations, vitally.syncs, vitally.sync_runs, vitally.records, vitally.sync_status TO vitally_user;
 GRANT SELECT ON vitally.metrics TO vitally_user, pg_monitor;
 GRANT EXECUTE ON FUNCTION vitally.worker_pid() TO pg_monitor;
+
+-- The queue at scale (src/queue/): runs count their pending records, claims resume from
+-- where the last one ended, and the worker keeps no lease (lease_until stays, unused).
+ALTER TABLE vitally.sync_run ADD COLUMN records_pending bigint NOT NULL DEFAULT 0;
+UPDATE vitally.sync_run r SET records_pending = (SELECT pg_catalog.count(*) FROM vitally.record p WHERE p.run_id = r.id AND p.status = 'pending')
+ WHERE r.status = 'running';
+DROP INDEX vitally.record_run;
+DROP INDEX vitally.record_due;
+CREATE INDEX record_due ON vitally.record (sync_id, next_attempt_at, id) WHERE status = 'pending';
+UPDATE vitally.record SET lease_until = NULL WHERE lease_until IS NOT NULL;

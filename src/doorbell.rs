@@ -4,10 +4,14 @@
 
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, PgAtomic};
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 
 /// The worker's pid in shared memory, so that a committing backend can wake it.
 static WORKER_PID: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"vitally_sync_worker_pid") };
+
+/// How often the doorbell rang: the worker tells a commit that queued records from its
+/// own wake-ups (new records may sort before where its claims resume).
+static RINGS: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"vitally_sync_rings") };
 
 /// Set in the postmaster when the library is preloaded; every backend inherits it.
 static PRELOADED: AtomicBool = AtomicBool::new(false);
@@ -16,6 +20,12 @@ static PRELOADED: AtomicBool = AtomicBool::new(false);
 pub fn init() {
     PRELOADED.store(true, Ordering::Relaxed);
     pg_shmem_init!(WORKER_PID);
+    pg_shmem_init!(RINGS);
+}
+
+/// How many times the doorbell has rung since the server started.
+pub fn rings() -> u64 {
+    RINGS.get().load(Ordering::Relaxed)
 }
 
 /// The worker says where it is (0 when it stops).
@@ -28,6 +38,7 @@ pub fn wake() {
     if !PRELOADED.load(Ordering::Relaxed) {
         return;
     }
+    RINGS.get().fetch_add(1, Ordering::Relaxed);
     let pid = WORKER_PID.get().load(Ordering::Relaxed);
     if pid <= 0 {
         return;

@@ -1,11 +1,16 @@
-//! Out of the queue: claiming due records with a lease, putting them back, and when the
-//! next one is due.
+//! Out of the queue: claiming due records, resuming each sync's claims where the last
+//! one ended; and when the next record is due.
+//!
+//! Nothing is written by a claim. Only the worker claims, and it keeps the ids of what it
+//! has in flight; a crash leaves the records pending, to be claimed again by the next
+//! worker (and sent again under the same messageIds).
 
-use super::statements::{CLAIM, DUE_SYNCS, NEXT_DUE, RELEASE, RELEASE_ALL};
+use super::statements::{CLAIM, NEXT_DUE, SYNCS};
 use crate::errors::{Internal, Result, Row};
+use pgrx::datum::TimestampWithTimeZone;
 use pgrx::spi::SpiClient;
 use pgrx::JsonB;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 use vitally_client::delivery::QueuedRecord;
 use vitally_model::{parse_pair, Object, Route};
@@ -39,11 +44,28 @@ pub struct JobSizes {
     pub per_sync_at_least: i64,
 }
 
-/// Claims due records of every destination API not in `busy`, one job each; syncs
-/// share a job's size evenly.
-pub fn claim(client: &mut SpiClient<'_>, busy: &[JobKey], sizes: &JobSizes) -> Result<Vec<Job>> {
+/// Where each sync's next claim starts: after the last record claimed, in the order of
+/// `(next_attempt_at, id)`. Whatever becomes due later sorts after it, except records
+/// written with an older time by a transaction that committed late (a long `sync()`),
+/// or a newer change to a record that was in flight: for those the worker forgets the
+/// cursors (`reset`) when a commit rings the doorbell, when an outcome finds its record
+/// replaced, and now and then.
+#[derive(Default)]
+pub struct Cursors {
+    after: HashMap<i64, (TimestampWithTimeZone, i64)>,
+}
+
+impl Cursors {
+    pub fn reset(&mut self) {
+        self.after.clear();
+    }
+}
+
+/// Claims due records of every destination API not in `busy`, one job each, leaving out
+/// the records `in_flight`; syncs share a job's size evenly.
+pub fn claim(client: &SpiClient<'_>, busy: &[JobKey], in_flight: &[i64], cursors: &mut Cursors, sizes: &JobSizes) -> Result<Vec<Job>> {
     let mut groups: BTreeMap<JobKey, Vec<(i64, Object, Route)>> = BTreeMap::new();
-    for row in client.select(DUE_SYNCS, None, &[])? {
+    for row in client.select(SYNCS, None, &[])? {
         let sync_id: i64 = row.required("id")?;
         let (object, _, route) = parse_pair(&row.required::<String>("object")?, &row.required::<String>("behavior")?)
             .map_err(|e| Internal::Broken(format!("sync {sync_id} as stored: {e}")))?;
@@ -58,12 +80,16 @@ pub fn claim(client: &mut SpiClient<'_>, busy: &[JobKey], sizes: &JobSizes) -> R
         let per_sync = (size / syncs.len() as i64).max(sizes.per_sync_at_least);
         let mut records = Vec::new();
         for &(sync_id, object, route) in &syncs {
-            for row in client.update(CLAIM, None, &[sync_id.into(), per_sync.into()])? {
+            let (at, id) = cursors.after.get(&sync_id).copied().unwrap_or((TimestampWithTimeZone::negative_infinity(), 0));
+            let mut last = None;
+            for row in client.select(CLAIM, None, &[sync_id.into(), per_sync.into(), at.into(), id.into(), in_flight.to_vec().into()])? {
+                let id: i64 = row.required("id")?;
+                last = Some((row.required::<TimestampWithTimeZone>("next_attempt_at")?, id));
                 // Payload and messageId are nullable (invalid records have none); a pending
                 // record without one fails on its own when sent, never stops the worker.
                 records.push(Claimed {
                     record: QueuedRecord {
-                        id: row.required("id")?,
+                        id,
                         object,
                         route,
                         sync_key: row.required("sync_key")?,
@@ -76,26 +102,15 @@ pub fn claim(client: &mut SpiClient<'_>, busy: &[JobKey], sizes: &JobSizes) -> R
                     attempts: row.required("attempts")?,
                 });
             }
+            if let Some(last) = last {
+                cursors.after.insert(sync_id, last);
+            }
         }
         if !records.is_empty() {
             jobs.push(Job { key, records });
         }
     }
     Ok(jobs)
-}
-
-/// Puts claimed records back in the queue, due now.
-pub fn release(client: &mut SpiClient<'_>, ids: &[i64]) -> Result<()> {
-    if !ids.is_empty() {
-        client.update(RELEASE, None, &[ids.to_vec().into()])?;
-    }
-    Ok(())
-}
-
-/// Puts back every leased record: at the worker's start, a lease is one a crash left.
-pub fn release_all_leases(client: &mut SpiClient<'_>) -> Result<()> {
-    client.update(RELEASE_ALL, None, &[])?;
-    Ok(())
 }
 
 /// How long until the next pending record comes due (None: nothing pending).

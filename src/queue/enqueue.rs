@@ -60,16 +60,27 @@ pub fn enqueue(client: &mut SpiClient<'_>, staged: &Staged, run_id: i64) -> Resu
            FROM {records} s WHERE s.error IS NOT NULL"
     );
     // A newer change replaces the pending one (a new version, so the worker can
-    // tell); an event already pending stays as it is.
+    // tell); an event already pending stays as it is. The replaced record leaves its
+    // old run (`o`, the row as it was), which may be over now.
     let replace = format!(
-        "UPDATE vitally.record r
-            SET payload = {payload}, payload_hash = s.hash, message_id = {message_id}, run_id = $2,
-                version = r.version + 1, attempts = 0,
-                next_attempt_at = pg_catalog.now(),
-                queued_at = pg_catalog.now(), http_status = NULL, error = NULL
-           FROM {records} s LEFT JOIN vitally.delivery_state d ON d.sync_id = $1 AND d.sync_key = s.sync_key
-          WHERE r.sync_id = $1 AND r.status = 'pending' AND r.sync_key = s.sync_key
-            AND s.error IS NULL AND r.payload_hash IS DISTINCT FROM s.hash AND $3"
+        "WITH upd AS (
+             UPDATE vitally.record r
+                SET payload = {payload}, payload_hash = s.hash, message_id = {message_id}, run_id = $2,
+                    version = r.version + 1, attempts = 0,
+                    next_attempt_at = pg_catalog.now(),
+                    queued_at = pg_catalog.now(), http_status = NULL, error = NULL
+               FROM {records} s LEFT JOIN vitally.delivery_state d ON d.sync_id = $1 AND d.sync_key = s.sync_key,
+                    vitally.record o
+              WHERE r.sync_id = $1 AND r.status = 'pending' AND r.sync_key = s.sync_key
+                AND o.id = r.id AND o.sync_id = $1 AND o.status = 'pending'
+                AND s.error IS NULL AND r.payload_hash IS DISTINCT FROM s.hash AND $3
+             RETURNING o.run_id AS old_run),
+         left_runs AS (
+             UPDATE vitally.sync_run sr SET records_pending = sr.records_pending - m.n
+               FROM (SELECT old_run, pg_catalog.count(*) AS n FROM upd GROUP BY old_run) m
+              WHERE sr.id = m.old_run AND sr.id <> $2
+             RETURNING sr.id)
+         SELECT (SELECT pg_catalog.count(*) FROM upd) AS replaced, (SELECT pg_catalog.array_agg(id) FROM left_runs) AS left_runs"
     );
     let insert = format!(
         "INSERT INTO vitally.record (sync_id, run_id, sync_key, status, payload, payload_hash, message_id)
@@ -88,17 +99,21 @@ pub fn enqueue(client: &mut SpiClient<'_>, staged: &Staged, run_id: i64) -> Resu
     let (sync, run) = (staged.sync_id, run_id);
     let replaces = staged.behavior != Behavior::Append;
     let invalid = client.update(&invalid, None, &[sync.into(), run.into()])?.len() as i64;
-    let replaced = client.update(&replace, None, &[sync.into(), run.into(), replaces.into()])?.len();
-    let inserted = client.update(&insert, None, &[sync.into(), run.into()])?.len();
+    let replaced = client.update(&replace, None, &[sync.into(), run.into(), replaces.into()])?.first();
+    let left_runs: Vec<i64> = replaced.optional::<Vec<i64>>("left_runs")?.unwrap_or_default();
+    let replaced: i64 = replaced.required("replaced")?;
+    let inserted = client.update(&insert, None, &[sync.into(), run.into()])?.len() as i64;
     client.update(&supersede, None, &[sync.into()])?;
-    let queued = (replaced + inserted) as i64;
+    let queued = replaced + inserted;
     client.update(
-        "UPDATE vitally.sync_run SET rows_read = $2, records_queued = $3, records_invalid = $4,
+        "UPDATE vitally.sync_run SET rows_read = $2, records_queued = $3, records_invalid = $4, records_pending = $3,
                 records_unchanged = $2 - $3 - $4, planned_at = pg_catalog.clock_timestamp()
           WHERE id = $1",
         None,
         &[run.into(), staged.rows.into(), queued.into(), invalid.into()],
     )?;
+    // Runs whose last pending records this one took over are over.
+    super::finish_if_done(client, &left_runs)?;
     Ok(Enqueued { queued, invalid })
 }
 
@@ -146,7 +161,7 @@ pub fn requeue_failed(client: &mut SpiClient<'_>, sync_id: i64) -> Result<i64> {
     let count = client
         .update(
             "UPDATE vitally.record r
-                SET status = 'pending', attempts = 0, next_attempt_at = pg_catalog.now(), lease_until = NULL,
+                SET status = 'pending', attempts = 0, next_attempt_at = pg_catalog.now(),
                     error = NULL, http_status = NULL, run_id = $2, queued_at = pg_catalog.now()
               WHERE r.sync_id = $1 AND r.status = 'failed' AND r.replaced_at IS NULL
                 AND NOT EXISTS (SELECT FROM vitally.record p
@@ -158,7 +173,7 @@ pub fn requeue_failed(client: &mut SpiClient<'_>, sync_id: i64) -> Result<i64> {
     if count == 0 {
         client.update("DELETE FROM vitally.sync_run WHERE id = $1", None, &[run.into()])?;
     } else {
-        client.update("UPDATE vitally.sync_run SET records_queued = $2 WHERE id = $1", None, &[run.into(), count.into()])?;
+        client.update("UPDATE vitally.sync_run SET records_queued = $2, records_pending = $2 WHERE id = $1", None, &[run.into(), count.into()])?;
     }
     Ok(count)
 }

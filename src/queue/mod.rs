@@ -7,16 +7,19 @@
 //! ```text
 //!  planning ──Staged──▶ enqueue ──▶ invalid (final)
 //!                          │
-//!                          ▼          claim (lease)        record_outcomes
-//!                       pending ────────────────▶ leased ────────────────▶ delivered | skipped | failed
-//!                        ▲  │ a newer change:           │ release / crash          │
-//!                        │  └ same row, version + 1     ▼                          │
-//!                        │                           pending                        │
-//!                        └──────────── requeue_failed ◀─────────────────────────────┘ (failed only)
+//!                          ▼           claim           record_outcomes
+//!                       pending ──────────────▶ sent ───────────────▶ delivered | skipped | failed
+//!                        ▲  │ a newer change:     │ (in the worker's    │
+//!                        │  └ same row, version+1 │  memory only; a     │
+//!                        │                        │  crash: still       │
+//!                        │                        ▼  pending)           │
+//!                        │                      pending (retry later)   │
+//!                        └──────────── requeue_failed ◀─────────────────┘ (failed only)
 //! ```
 //!
 //! A run (`vitally.sync_run`) is started before planning, counts what its records
-//! became, and is finished once none of its records is pending. `prune` removes what
+//! became and how many are still pending (every transition keeps `records_pending`), and
+//! is finished once that count is 0. `prune` removes what
 //! retention no longer keeps; `forget_syncs` everything of dropped syncs.
 //!
 //! Every function takes the SPI client of a transaction its caller opened (a SQL
@@ -30,7 +33,7 @@ mod prune;
 mod runs;
 pub mod statements;
 
-pub use claim::{claim, next_due, release, release_all_leases, JobKey, JobSizes};
+pub use claim::{claim, next_due, Cursors, JobKey, JobSizes};
 pub use enqueue::{enqueue, forget_delivered, forget_syncs, preview, requeue_failed, Staged};
 pub use outcomes::{record_outcomes, JobResult};
 pub use prune::prune;

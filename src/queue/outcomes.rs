@@ -27,8 +27,9 @@ fn shorten(text: String) -> String {
 
 /// Records the outcomes of finished jobs: each record delivered (and its delivery state
 /// advanced, only now), skipped, failed, or back to pending for a retry as `retry`
-/// decides; the runs' figures; and the runs that are now over.
-pub fn record_outcomes(client: &mut SpiClient<'_>, results: &[JobResult], retry: &RetryPolicy) -> Result<()> {
+/// decides; the runs' figures; and the runs that are now over. Returns how many records
+/// had been replaced by a newer change while they were in flight.
+pub fn record_outcomes(client: &mut SpiClient<'_>, results: &[JobResult], retry: &RetryPolicy) -> Result<usize> {
     let (mut ids, mut versions, mut statuses, mut incs, mut delays, mut https, mut errors, mut destinations) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     // Per record: whether it was delivered, and the hash it was delivered with.
@@ -57,7 +58,7 @@ pub fn record_outcomes(client: &mut SpiClient<'_>, results: &[JobResult], retry:
         }
     }
     if ids.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     let updated = client.update(
         RECORD_OUTCOMES,
@@ -74,15 +75,13 @@ pub fn record_outcomes(client: &mut SpiClient<'_>, results: &[JobResult], retry:
     // sync): the newer copy stays pending; if the older one was delivered, that is what
     // Vitally has now.
     let stale: Vec<i64> = ids.iter().copied().filter(|id| !done.contains(id)).collect();
-    if !stale.is_empty() {
-        let delivered: Vec<i64> = stale.iter().copied().filter(|id| sent.get(id).is_some_and(|s| s.0)).collect();
+    let delivered: Vec<i64> = stale.iter().copied().filter(|id| sent.get(id).is_some_and(|s| s.0)).collect();
+    if !delivered.is_empty() {
         let hashes: Vec<Option<i64>> = delivered.iter().map(|id| sent[id].1).collect();
-        if !delivered.is_empty() {
-            client.update(KEEP_DELIVERED_OF_REPLACED, None, &[delivered.into(), hashes.into()])?;
-        }
-        super::release(client, &stale)?;
+        client.update(KEEP_DELIVERED_OF_REPLACED, None, &[delivered.into(), hashes.into()])?;
     }
     runs.sort_unstable();
     runs.dedup();
-    super::finish_if_done(client, &runs)
+    super::finish_if_done(client, &runs)?;
+    Ok(stale.len())
 }

@@ -3,33 +3,28 @@
 //! a copy of them. Every name is schema-qualified except multi-array `unnest`, which
 //! cannot be: the worker pins `search_path` to `pg_catalog, pg_temp`.
 
-/// Syncs with records due, with their pair (for the route).
-pub const DUE_SYNCS: &str = "SELECT s.id, s.destination_id, s.object, s.behavior FROM vitally.sync s
-      WHERE EXISTS (SELECT FROM vitally.record r
-                     WHERE r.sync_id = s.id AND r.status = 'pending' AND r.next_attempt_at <= pg_catalog.now()
-                       AND (r.lease_until IS NULL OR r.lease_until < pg_catalog.now()))";
+/// Every sync with its destination and pair (for the route): few rows, read each round.
+pub const SYNCS: &str = "SELECT s.id, s.destination_id, s.object, s.behavior FROM vitally.sync s ORDER BY s.id";
 
-/// Leases up to `$2` due records of sync `$1`, in the order of the index
-/// `(sync_id, next_attempt_at)`, so that a claim reads only the rows it takes. The lease
-/// only has to outlast the longest job: only the worker claims, and it releases every
-/// lease when it starts.
-pub const CLAIM: &str = "WITH due AS (
-         SELECT r.id FROM vitally.record r
-          WHERE r.sync_id = $1 AND r.status = 'pending' AND r.next_attempt_at <= pg_catalog.now()
-            AND (r.lease_until IS NULL OR r.lease_until < pg_catalog.now())
-          ORDER BY r.next_attempt_at LIMIT $2
-          FOR UPDATE SKIP LOCKED)
-     -- Only the lease changes (no indexed column), so the update can stay HOT.
-     UPDATE vitally.record r SET lease_until = pg_catalog.now() + interval '10 minutes'
-       FROM due WHERE r.id = due.id
-     RETURNING r.id, r.version, r.sync_id, r.sync_key, r.payload, r.payload_hash, r.message_id::pg_catalog.text AS message_id,
-               r.attempts, pg_catalog.to_char(r.queued_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS queued_at";
+/// Up to `$2` due records of sync `$1` that come after `($3, $4)` in the order of the
+/// index `(sync_id, next_attempt_at, id)`, leaving out the ids `$5` (in flight). The scan
+/// starts where the last claim ended, so it never walks the index entries that delivered
+/// records leave behind until vacuum; `('-infinity', 0)` starts from the beginning. No
+/// lease is written: only the worker claims, and it keeps what it sent in memory.
+pub const CLAIM: &str = "SELECT r.id, r.version, r.sync_key, r.payload, r.payload_hash, r.message_id::pg_catalog.text AS message_id, r.attempts,
+            pg_catalog.to_char(r.queued_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS queued_at, r.next_attempt_at
+       FROM vitally.record r
+      WHERE r.sync_id = $1 AND r.status = 'pending' AND r.next_attempt_at <= pg_catalog.now()
+        AND (r.next_attempt_at, r.id) > ($3::timestamptz, $4::bigint) AND r.id <> ALL ($5::bigint[])
+      ORDER BY r.next_attempt_at, r.id
+      LIMIT $2";
 
 /// Records outcomes, one array element per record: `$1` id, `$2` version claimed, `$3`
 /// status (delivered, skipped, failed, or pending for a retry), `$4` attempts it counts
 /// for, `$5` retry delay in seconds, `$6` HTTP status, `$7` error, `$8` destination id.
 /// A record whose version moved on (replaced by a newer change in flight) is not
-/// touched. Delivered records advance their delivery state; the runs' figures and the
+/// touched. Delivered records advance their delivery state; the runs' figures (and their
+/// count of pending records) and the
 /// per-minute figures of `vitally.metrics` follow. Returns each updated `id, run_id`.
 pub const RECORD_OUTCOMES: &str = "WITH o AS (
          SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::int[], $5::float8[], $6::int[], $7::text[], $8::bigint[])
@@ -54,7 +49,6 @@ pub const RECORD_OUTCOMES: &str = "WITH o AS (
                 next_attempt_at = CASE WHEN o.status = 'pending'
                                        THEN pg_catalog.now() + pg_catalog.make_interval(secs => o.delay)
                                        ELSE r.next_attempt_at END,
-                lease_until = NULL,
                 http_status = o.http,
                 error = o.error,
                 delivered_at = CASE WHEN o.status = 'delivered' THEN pg_catalog.now() END
@@ -72,7 +66,8 @@ pub const RECORD_OUTCOMES: &str = "WITH o AS (
          UPDATE vitally.sync_run sr
             SET records_delivered = sr.records_delivered + c.delivered,
                 records_skipped = sr.records_skipped + c.skipped,
-                records_failed = sr.records_failed + c.failed
+                records_failed = sr.records_failed + c.failed,
+                records_pending = sr.records_pending - c.delivered - c.skipped - c.failed
            FROM (SELECT run_id,
                         pg_catalog.count(*) FILTER (WHERE status = 'delivered') AS delivered,
                         pg_catalog.count(*) FILTER (WHERE status = 'skipped') AS skipped,
@@ -88,23 +83,16 @@ pub const KEEP_DELIVERED_OF_REPLACED: &str = "WITH d AS (SELECT * FROM unnest($1
      SELECT r.sync_id, r.sync_key, d.hash FROM d JOIN vitally.record r ON r.id = d.id WHERE d.hash IS NOT NULL
      ON CONFLICT (sync_id, sync_key) DO UPDATE SET payload_hash = EXCLUDED.payload_hash, delivered_at = pg_catalog.now()";
 
-/// Puts claimed records `$1` back in the queue, due now.
-pub const RELEASE: &str = "UPDATE vitally.record SET lease_until = NULL, next_attempt_at = pg_catalog.now()
-      WHERE id = ANY($1) AND status = 'pending'";
-
-/// Puts back every leased record: at the worker's start, a lease is one a crash left.
-pub const RELEASE_ALL: &str = "UPDATE vitally.record SET lease_until = NULL, next_attempt_at = pg_catalog.now()
-      WHERE status = 'pending' AND lease_until IS NOT NULL";
-
-/// Seconds until the next pending record is due (NULL: nothing pending).
+/// Seconds until the next pending record is due (NULL: nothing pending). Asked only when
+/// nothing is in flight.
 pub const NEXT_DUE: &str = "SELECT EXTRACT(epoch FROM pg_catalog.min(x.at) - pg_catalog.now())::float8 AS secs
        FROM vitally.sync s,
             LATERAL (SELECT r.next_attempt_at AS at FROM vitally.record r
                       WHERE r.sync_id = s.id AND r.status = 'pending'
-                        AND (r.lease_until IS NULL OR r.lease_until < pg_catalog.now())
                       ORDER BY r.next_attempt_at LIMIT 1) x";
 
-/// Finishes those of runs `$1` that have no pending record left. The status rule:
+/// Finishes those of runs `$1` that have no pending record left (their count, kept by
+/// every transition, says so without a look at the queue). The status rule:
 /// nothing went wrong: succeeded; something went wrong and nothing went right: failed;
 /// else partially_failed. A NOTIFY on channel `vitally_sync` carries only the run's id:
 /// any role may LISTEN, and the run's details are in `vitally.sync_runs` for those who
@@ -115,7 +103,6 @@ pub const FINISH_RUNS: &str = "WITH finished AS (
                               WHEN r.records_delivered + r.records_skipped + r.records_unchanged = 0 THEN 'failed'
                               ELSE 'partially_failed' END,
                 finished_at = pg_catalog.clock_timestamp()
-          WHERE r.id = ANY($1) AND r.status = 'running'
-            AND NOT EXISTS (SELECT FROM vitally.record p WHERE p.run_id = r.id AND p.status = 'pending')
+          WHERE r.id = ANY($1) AND r.status = 'running' AND r.records_pending = 0
          RETURNING r.id)
      SELECT pg_catalog.pg_notify('vitally_sync', f.id::pg_catalog.text) FROM finished f";

@@ -5,13 +5,13 @@
 //! runs as tokio tasks on a current-thread runtime that advances only while the main
 //! thread waits in `block_on`. Each destination API has at most two jobs in flight, so a
 //! slow or failing destination never holds up another. No transaction is open while a
-//! request is: records are claimed with a lease in one short transaction, and their
-//! outcomes recorded in another.
+//! request is: records are claimed in one short transaction (nothing written: the
+//! worker keeps what it has in flight in memory), and their outcomes recorded in another.
 
 mod settings;
 
 use crate::errors::Result;
-use crate::queue::{JobKey, JobResult};
+use crate::queue::{Cursors, JobKey, JobResult};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
 use pgrx::pg_sys::panic::{ErrorReport, ErrorReportable};
 use pgrx::prelude::*;
@@ -40,7 +40,13 @@ const JOBS_PER_API: usize = 2;
 const PRUNE_EVERY: Duration = Duration::from_secs(10);
 /// ... and while jobs are in flight: HTTP does not advance while a prune runs.
 const PRUNE_EVERY_BUSY: Duration = Duration::from_secs(600);
-/// How long in-flight jobs may finish after SIGTERM before their records are released.
+/// How often the worker looks whether the extension is still installed.
+const EXTENSION_CHECK: Duration = Duration::from_secs(1);
+/// How often claims start over from the beginning of each sync's queue, whatever else.
+const CURSOR_RESET: Duration = Duration::from_secs(30);
+/// How often the worker claims while jobs are in flight and none finished.
+const CLAIM_ANYWAY: Duration = Duration::from_secs(1);
+/// How long in-flight jobs may finish after SIGTERM (what they do not finish stays pending).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 /// Called from `_PG_init` while preloading (after `doorbell::init`).
@@ -56,7 +62,7 @@ pub fn register() {
 }
 
 /// Runs `f` in a transaction of its own. An error ends the worker: it is started
-/// again, and releases its leases then.
+/// again, and claims what it had in flight again.
 fn in_transaction<R>(f: impl FnOnce(&mut SpiClient<'_>) -> Result<R>) -> R {
     let result =
         BackgroundWorker::transaction(AssertUnwindSafe(|| Spi::connect_mut(|client| f(client)).map_err(ErrorReport::from).unwrap_or_report()));
@@ -137,16 +143,31 @@ struct Worker {
     in_flight: HashMap<u64, (JobKey, Vec<i64>)>,
     next_job: u64,
     finished: Vec<Finished>,
-    /// Whether the extension is installed, as last seen (None: not looked yet).
+    /// Whether the extension is installed, as last seen (None: not looked yet), and when.
     installed: Option<bool>,
+    installed_seen: Instant,
     next_prune: Instant,
     last_prune: Instant,
+    /// Where each sync's claims resume, and when they last started over.
+    cursors: Cursors,
+    cursors_reset: Instant,
+    /// The doorbell's count as last seen, and when records were last claimed.
+    rings: u64,
+    last_claim: Instant,
 }
 
 impl Worker {
     /// One round: record finished jobs, prune, claim and start new jobs, then wait a little.
     fn round(&mut self) -> Round {
-        let now_installed = extension_installed();
+        // Looked at now and then, not every round: a drop under a busy worker shows
+        // sooner as an error, which is caught (see the main loop).
+        let now_installed = match self.installed {
+            Some(seen) if self.installed_seen.elapsed() < EXTENSION_CHECK => seen,
+            _ => {
+                self.installed_seen = Instant::now();
+                extension_installed()
+            }
+        };
         if self.installed != Some(now_installed) {
             log!("vitally_sync worker: extension {} in database \"{}\"", if now_installed { "found" } else { "not installed" }, self.database);
             self.installed = Some(now_installed);
@@ -154,8 +175,7 @@ impl Worker {
             self.in_flight.clear();
             self.finished.clear();
             if now_installed {
-                // Only this worker claims records: a lease still held is one a crash left.
-                in_transaction(crate::queue::release_all_leases);
+                self.cursors.reset();
             }
         }
         if !now_installed {
@@ -167,12 +187,26 @@ impl Worker {
         }
         // A job of before a drop of the extension is no longer in flight: forgotten.
         self.finished.retain(|f| self.in_flight.contains_key(&f.job));
-        if !self.finished.is_empty() {
+        let any_finished = !self.finished.is_empty();
+        if any_finished {
             for f in &self.finished {
                 self.in_flight.remove(&f.job);
             }
             let results: Vec<JobResult> = std::mem::take(&mut self.finished).into_iter().map(|f| f.result).collect();
-            in_transaction(|client| crate::queue::record_outcomes(client, &results, &self.settings.retry));
+            let replaced = in_transaction(|client| crate::queue::record_outcomes(client, &results, &self.settings.retry));
+            if replaced > 0 {
+                // Their newer versions may sort before where the claims resume.
+                self.cursors.reset();
+            }
+        }
+        // A commit that queued records may have given them an older time than where the
+        // claims resume (a long transaction); so may anything, now and then.
+        let rings = crate::doorbell::rings();
+        let rang = rings != self.rings;
+        if rang || self.cursors_reset.elapsed() >= CURSOR_RESET {
+            self.rings = rings;
+            self.cursors.reset();
+            self.cursors_reset = Instant::now();
         }
 
         let prune_at = if self.in_flight.is_empty() { self.next_prune } else { self.next_prune.max(self.last_prune + PRUNE_EVERY_BUSY) };
@@ -188,11 +222,20 @@ impl Worker {
             *per_key.entry(key).or_default() += 1;
         }
         let busy: Vec<JobKey> = per_key.into_iter().filter(|(_, n)| *n >= JOBS_PER_API).map(|(k, _)| k.clone()).collect();
-        let sizes = self.settings.job_sizes();
-        let jobs = in_transaction(|client| {
-            let jobs = crate::queue::claim(client, &busy, &sizes)?;
-            jobs.into_iter().map(|job| Ok((endpoint(client, &job.key)?, job))).collect::<Result<Vec<_>>>()
-        });
+        // Claims when a slot may have come free or work may have come: not on every tick.
+        let claim_now = any_finished || rang || self.in_flight.is_empty() || self.last_claim.elapsed() >= CLAIM_ANYWAY;
+        let jobs = if claim_now {
+            self.last_claim = Instant::now();
+            let sizes = self.settings.job_sizes();
+            let sent: Vec<i64> = self.in_flight.values().flat_map(|(_, ids)| ids.iter().copied()).collect();
+            let cursors = &mut self.cursors;
+            in_transaction(|client| {
+                let jobs = crate::queue::claim(client, &busy, &sent, cursors, &sizes)?;
+                jobs.into_iter().map(|job| Ok((endpoint(client, &job.key)?, job))).collect::<Result<Vec<_>>>()
+            })
+        } else {
+            Vec::new()
+        };
         for (endpoint, job) in jobs {
             self.next_job += 1;
             let id = self.next_job;
@@ -254,8 +297,13 @@ pub extern "C-unwind" fn vitally_sync_worker_main(_arg: pg_sys::Datum) {
         next_job: 0,
         finished: Vec::new(),
         installed: None,
+        installed_seen: Instant::now(),
         next_prune: Instant::now(),
         last_prune: Instant::now(),
+        cursors: Cursors::default(),
+        cursors_reset: Instant::now(),
+        rings: crate::doorbell::rings(),
+        last_claim: Instant::now(),
     };
 
     loop {
@@ -269,10 +317,10 @@ pub extern "C-unwind" fn vitally_sync_worker_main(_arg: pg_sys::Datum) {
             break;
         }
         if !postmaster_alive() {
-            // The postmaster is gone (killed): leave at once; leases are released on restart.
+            // The postmaster is gone (killed): leave at once; what was in flight stays pending.
             unsafe { pg_sys::proc_exit(1) };
         }
-        // An error ends the worker (it is started again, and releases its leases then),
+        // An error ends the worker (it is started again, and claims its records again),
         // unless it came from the extension being dropped under it: then it waits for
         // the extension as it does at start.
         let round = PgTryBuilder::new(AssertUnwindSafe(|| w.round()))
@@ -290,8 +338,8 @@ pub extern "C-unwind" fn vitally_sync_worker_main(_arg: pg_sys::Datum) {
     }
     let Worker { runtime, mut done_rx, mut in_flight, mut finished, settings, .. } = w;
 
-    // A clean stop: let jobs in flight finish briefly, record what they got, and put
-    // back what they did not, so nothing is lost (or sent twice needlessly).
+    // A clean stop: let jobs in flight finish briefly and record what they got, so that
+    // little is sent twice; what they did not finish is still pending.
     if !in_flight.is_empty() {
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
         while !in_flight.is_empty() {
@@ -305,8 +353,6 @@ pub extern "C-unwind" fn vitally_sync_worker_main(_arg: pg_sys::Datum) {
         }
         let results: Vec<JobResult> = finished.into_iter().map(|f| f.result).collect();
         in_transaction(|client| crate::queue::record_outcomes(client, &results, &settings.retry));
-        let unfinished: Vec<i64> = in_flight.values().flat_map(|(_, ids)| ids.iter().copied()).collect();
-        in_transaction(|client| crate::queue::release(client, &unfinished));
     }
     crate::doorbell::set_worker_pid(0);
     log!("vitally_sync worker stopped");
