@@ -45,7 +45,9 @@ pub struct JobSizes {
 }
 
 /// Where each sync's next claim starts: after the last record claimed, in the order of
-/// `(next_attempt_at, id)`. Whatever becomes due later sorts after it, except records
+/// `(next_attempt_at, id)`, or after the time of a claim that found fewer records than
+/// it could take (so a sync with nothing due costs one index descent). Whatever becomes
+/// due later sorts after it, except records
 /// written with an older time by a transaction that committed late (a long `sync()`),
 /// or a newer change to a record that was in flight: for those the worker forgets the
 /// cursors (`reset`) when a commit rings the doorbell, when an outcome finds its record
@@ -74,6 +76,9 @@ pub fn claim(client: &SpiClient<'_>, busy: &[JobKey], in_flight: &[i64], cursors
             groups.entry(key).or_default().push((sync_id, object, route));
         }
     }
+    // What the claims below call now: a claim that comes up short has seen everything
+    // due until then, so the next one starts after it.
+    let now: TimestampWithTimeZone = client.select("SELECT pg_catalog.now() AS now", Some(1), &[])?.first().required("now")?;
     let mut jobs = Vec::new();
     for (key, syncs) in groups {
         let size = if key.rest { sizes.rest } else { sizes.analytics };
@@ -81,10 +86,12 @@ pub fn claim(client: &SpiClient<'_>, busy: &[JobKey], in_flight: &[i64], cursors
         let mut records = Vec::new();
         for &(sync_id, object, route) in &syncs {
             let (at, id) = cursors.after.get(&sync_id).copied().unwrap_or((TimestampWithTimeZone::negative_infinity(), 0));
-            let mut last = None;
+            let mut last = (now, i64::MAX);
+            let mut taken = 0;
             for row in client.select(CLAIM, None, &[sync_id.into(), per_sync.into(), at.into(), id.into(), in_flight.to_vec().into()])? {
                 let id: i64 = row.required("id")?;
-                last = Some((row.required::<TimestampWithTimeZone>("next_attempt_at")?, id));
+                last = (row.required::<TimestampWithTimeZone>("next_attempt_at")?, id);
+                taken += 1;
                 // Payload and messageId are nullable (invalid records have none); a pending
                 // record without one fails on its own when sent, never stops the worker.
                 records.push(Claimed {
@@ -102,9 +109,9 @@ pub fn claim(client: &SpiClient<'_>, busy: &[JobKey], in_flight: &[i64], cursors
                     attempts: row.required("attempts")?,
                 });
             }
-            if let Some(last) = last {
-                cursors.after.insert(sync_id, last);
-            }
+            // A full claim resumes after its last record; a short one after `now`. (Those
+            // in flight it left out come back, if at all, as retries due later than now.)
+            cursors.after.insert(sync_id, if taken < per_sync { (now, i64::MAX) } else { last });
         }
         if !records.is_empty() {
             jobs.push(Job { key, records });

@@ -2,8 +2,9 @@
 //! it delivers queued records.
 //!
 //! The main thread alone touches Postgres (claims, outcomes, settings, signals); HTTP
-//! runs as tokio tasks on a current-thread runtime that advances only while the main
-//! thread waits in `block_on`. Each destination API has at most two jobs in flight, so a
+//! runs as tokio tasks on one thread of its own, which never touches Postgres and takes
+//! no signals, so requests go on while the main thread records and claims. Each
+//! destination API has at most two jobs in flight, so a
 //! slow or failing destination never holds up another. No transaction is open while a
 //! request is: records are claimed in one short transaction (nothing written: the
 //! worker keeps what it has in flight in memory), and their outcomes recorded in another.
@@ -33,12 +34,13 @@ const IDLE_WAKE: Duration = Duration::from_secs(5);
 const MAX_SLEEP: Duration = Duration::from_secs(2);
 /// How often the worker looks for finished jobs and new work while jobs are in flight.
 const BUSY_TICK: Duration = Duration::from_millis(20);
-/// Jobs in flight per destination API: a second one is claimed and ready while the
-/// first is sent, so database work and HTTP overlap.
+/// Jobs in flight per destination API: a second one is claimed and waits for request
+/// slots while the first is sent, so the slots stay busy while the main thread records
+/// the first one's outcomes and claims a third.
 const JOBS_PER_API: usize = 2;
 /// How often the worker looks for records and runs past their retention when idle.
 const PRUNE_EVERY: Duration = Duration::from_secs(10);
-/// ... and while jobs are in flight: HTTP does not advance while a prune runs.
+/// ... and while jobs are in flight: a prune holds up recording and claiming.
 const PRUNE_EVERY_BUSY: Duration = Duration::from_secs(600);
 /// How often the worker looks whether the extension is still installed.
 const EXTENSION_CHECK: Duration = Duration::from_secs(1);
@@ -114,6 +116,15 @@ struct Finished {
     result: JobResult,
 }
 
+/// Signals are Postgres's, and handled on this (the main) thread only.
+fn block_signals() {
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+    }
+}
+
 /// Whether the postmaster still runs (a zero-timeout wait that does not touch the latch).
 fn postmaster_alive() -> bool {
     let events =
@@ -151,9 +162,11 @@ struct Worker {
     /// Where each sync's claims resume, and when they last started over.
     cursors: Cursors,
     cursors_reset: Instant,
-    /// The doorbell's count as last seen, and when records were last claimed.
+    /// The doorbell's count as last seen, when records were last claimed, and whether
+    /// that claim found any.
     rings: u64,
     last_claim: Instant,
+    claimed_some: bool,
 }
 
 impl Worker {
@@ -223,7 +236,7 @@ impl Worker {
         }
         let busy: Vec<JobKey> = per_key.into_iter().filter(|(_, n)| *n >= JOBS_PER_API).map(|(k, _)| k.clone()).collect();
         // Claims when a slot may have come free or work may have come: not on every tick.
-        let claim_now = any_finished || rang || self.in_flight.is_empty() || self.last_claim.elapsed() >= CLAIM_ANYWAY;
+        let claim_now = any_finished || rang || self.claimed_some || self.in_flight.is_empty() || self.last_claim.elapsed() >= CLAIM_ANYWAY;
         let jobs = if claim_now {
             self.last_claim = Instant::now();
             let sizes = self.settings.job_sizes();
@@ -236,6 +249,8 @@ impl Worker {
         } else {
             Vec::new()
         };
+        // A claim that found work may find more for a free slot on the next round.
+        self.claimed_some = !jobs.is_empty();
         for (endpoint, job) in jobs {
             self.next_job += 1;
             let id = self.next_job;
@@ -262,7 +277,7 @@ impl Worker {
                 return Round::Stop;
             }
         } else {
-            // HTTP advances only in here.
+            // Wait for a job to come back (HTTP goes on on its own thread).
             let rx = &mut self.done_rx;
             if let Some(f) = self.runtime.block_on(async { tokio::time::timeout(BUSY_TICK, rx.recv()).await.ok().flatten() }) {
                 self.finished.push(f);
@@ -283,7 +298,16 @@ pub extern "C-unwind" fn vitally_sync_worker_main(_arg: pg_sys::Datum) {
     pin_search_path();
     log!("vitally_sync worker started for database \"{database}\"");
 
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
+    // HTTP runs on a thread of its own, so requests go on while this thread records
+    // outcomes and claims (on one thread the two took turns, and half the time no
+    // request was out). That thread never touches Postgres, and takes none of its signals.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("vitally_sync http")
+        .on_thread_start(block_signals)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
     let settings = Settings::read();
     let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel::<Finished>();
     let mut w = Worker {
@@ -304,6 +328,7 @@ pub extern "C-unwind" fn vitally_sync_worker_main(_arg: pg_sys::Datum) {
         cursors_reset: Instant::now(),
         rings: crate::doorbell::rings(),
         last_claim: Instant::now(),
+        claimed_some: false,
     };
 
     loop {

@@ -30,8 +30,8 @@ impl Settings {
         }
     }
 
-    /// Records claimed for one job: enough for every slot to send a few requests, or
-    /// about ten seconds of REST calls at the configured pace.
+    /// Records claimed for one job: eight requests for every slot, or about ten seconds
+    /// of REST calls at the configured pace.
     pub fn job_sizes(&self) -> JobSizes {
         JobSizes {
             analytics: (self.client.batch_size * self.client.max_concurrency * 8) as i64,
