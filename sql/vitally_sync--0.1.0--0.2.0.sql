@@ -132,6 +132,13 @@ GRANT EXECUTE ON FUNCTION vitally.worker_pid() TO pg_monitor;
 ALTER TABLE vitally.sync_run ADD COLUMN records_pending bigint NOT NULL DEFAULT 0;
 UPDATE vitally.sync_run r SET records_pending = (SELECT pg_catalog.count(*) FROM vitally.record p WHERE p.run_id = r.id AND p.status = 'pending')
  WHERE r.status = 'running';
+-- 0.1.0 never finished a run whose last pending records a newer run took over.
+UPDATE vitally.sync_run r
+   SET status = CASE WHEN r.records_failed + r.records_invalid = 0 THEN 'succeeded'
+                     WHEN r.records_delivered + r.records_skipped + r.records_unchanged = 0 THEN 'failed'
+                     ELSE 'partially_failed' END,
+       finished_at = pg_catalog.clock_timestamp()
+ WHERE r.status = 'running' AND r.records_pending = 0 AND r.planned_at IS NOT NULL;
 DROP INDEX vitally.record_run;
 DROP INDEX vitally.record_due;
 CREATE INDEX record_due ON vitally.record (sync_id, next_attempt_at, id) WHERE status = 'pending';

@@ -185,7 +185,8 @@ pub struct Endpoints {
     pub rest: Option<std::result::Result<vitally_client::Endpoint, String>>,
 }
 
-pub fn endpoints(client: &SpiClient<'_>, destination_id: i64) -> Result<Endpoints> {
+/// None when the destination is gone (dropped since its records were claimed).
+pub fn endpoints(client: &SpiClient<'_>, destination_id: i64) -> Result<Option<Endpoints>> {
     use vitally_client::destination::{base_url, check_allowed, Api, DestinationError, Region};
     use vitally_client::Endpoint;
     let row = client
@@ -198,7 +199,7 @@ pub fn endpoints(client: &SpiClient<'_>, destination_id: i64) -> Result<Endpoint
         )?
         .first();
     if row.is_empty() {
-        return Err(Internal::Broken(format!("destination {destination_id} is gone")).into());
+        return Ok(None);
     }
     let region: String = row.required("region")?;
     let region = Region::parse(&region).map_err(|e| Internal::Broken(format!("a stored destination: {e}")))?;
@@ -213,9 +214,9 @@ pub fn endpoints(client: &SpiClient<'_>, destination_id: i64) -> Result<Endpoint
         }
     };
     let (analytics_url, rest_url) = (row.optional::<String>("analytics_url")?, row.optional::<String>("rest_url")?);
-    Ok(Endpoints {
+    Ok(Some(Endpoints {
         name: row.required("name")?,
         analytics: row.optional::<String>("analytics_api_key")?.map(|key| url(Api::Analytics, analytics_url).map(|u| Endpoint::analytics(&u, &key))),
         rest: row.optional::<String>("rest_api_key")?.map(|token| url(Api::Rest, rest_url).map(|u| Endpoint::rest(&u, &token))),
-    })
+    }))
 }

@@ -88,7 +88,7 @@ mod vitally {
         let endpoints: Vec<(Api, Result<Endpoint, String>)> = as_extension_owner(|| {
             Spi::connect(|client| {
                 let dest = owned_destination(client, name, me, false)?;
-                let found = crate::catalog::endpoints(client, dest.id)?;
+                let Some(found) = crate::catalog::endpoints(client, dest.id)? else { return Ok(Vec::new()) };
                 let mut list = Vec::new();
                 list.extend(found.analytics.map(|e| (Api::Analytics, e)));
                 list.extend(found.rest.map(|e| (Api::Rest, e)));

@@ -6,11 +6,11 @@
 //! worker (and sent again under the same messageIds).
 
 use super::statements::{CLAIM, NEXT_DUE, SYNCS};
-use crate::errors::{Internal, Result, Row};
+use crate::errors::{Result, Row};
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::spi::SpiClient;
 use pgrx::JsonB;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 use vitally_client::delivery::QueuedRecord;
 use vitally_model::{parse_pair, Object, Route};
@@ -55,6 +55,8 @@ pub struct JobSizes {
 #[derive(Default)]
 pub struct Cursors {
     after: HashMap<i64, (TimestampWithTimeZone, i64)>,
+    /// Syncs already said to be skipped.
+    warned: HashSet<i64>,
 }
 
 impl Cursors {
@@ -69,8 +71,16 @@ pub fn claim(client: &SpiClient<'_>, busy: &[JobKey], in_flight: &[i64], cursors
     let mut groups: BTreeMap<JobKey, Vec<(i64, Object, Route)>> = BTreeMap::new();
     for row in client.select(SYNCS, None, &[])? {
         let sync_id: i64 = row.required("id")?;
-        let (object, _, route) = parse_pair(&row.required::<String>("object")?, &row.required::<String>("behavior")?)
-            .map_err(|e| Internal::Broken(format!("sync {sync_id} as stored: {e}")))?;
+        // A pair changed by hand in the table is skipped (said once), never a stop for all.
+        let (object, _, route) = match parse_pair(&row.required::<String>("object")?, &row.required::<String>("behavior")?) {
+            Ok(kind) => kind,
+            Err(e) => {
+                if cursors.warned.insert(sync_id) {
+                    pgrx::warning!("vitally_sync worker: sync {sync_id} is not delivered: its stored pair is invalid ({e})");
+                }
+                continue;
+            }
+        };
         let key = JobKey { destination_id: row.required("destination_id")?, rest: route.is_rest() };
         if !busy.contains(&key) {
             groups.entry(key).or_default().push((sync_id, object, route));

@@ -37,4 +37,4 @@ pub use claim::{claim, next_due, Cursors, JobKey, JobSizes};
 pub use enqueue::{enqueue, forget_delivered, forget_syncs, preview, requeue_failed, Staged};
 pub use outcomes::{record_outcomes, JobResult};
 pub use prune::prune;
-pub use runs::{finish_if_done, run_status, start_run, RunError};
+pub use runs::{finish_if_done, recount_pending, run_status, start_run, RunError};

@@ -77,3 +77,22 @@ pub fn run_status(client: &SpiClient<'_>, run_id: i64) -> Result<Option<RunStatu
     }
     Ok(Some(RunStatus { status: row.required("status")?, owner: row.required("owner")?, started_here: row.required("started_here")? }))
 }
+
+/// Counts again the pending records of every running run, and finishes those with none:
+/// when the worker starts on a schema it did not see maintained (an upgrade, or a library
+/// older than the schema that ran meanwhile). One pass over the pending records.
+pub fn recount_pending(client: &mut SpiClient<'_>) -> Result<()> {
+    let runs: Option<Vec<i64>> = client
+        .update(
+            "WITH c AS (SELECT run_id, pg_catalog.count(*) AS n FROM vitally.record WHERE status = 'pending' GROUP BY run_id),
+                  counted AS (
+                      UPDATE vitally.sync_run r SET records_pending = coalesce((SELECT c.n FROM c WHERE c.run_id = r.id), 0)
+                       WHERE r.status = 'running' RETURNING r.id)
+             SELECT pg_catalog.array_agg(id) AS runs FROM counted",
+            None,
+            &[],
+        )?
+        .first()
+        .optional("runs")?;
+    finish_if_done(client, &runs.unwrap_or_default())
+}

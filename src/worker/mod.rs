@@ -11,7 +11,7 @@
 
 mod settings;
 
-use crate::errors::Result;
+use crate::errors::{Result, Row};
 use crate::queue::{Cursors, JobKey, JobResult};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
 use pgrx::pg_sys::panic::{ErrorReport, ErrorReportable};
@@ -42,8 +42,8 @@ const JOBS_PER_API: usize = 2;
 const PRUNE_EVERY: Duration = Duration::from_secs(10);
 /// ... and while jobs are in flight: a prune holds up recording and claiming.
 const PRUNE_EVERY_BUSY: Duration = Duration::from_secs(600);
-/// How often the worker looks whether the extension is still installed.
-const EXTENSION_CHECK: Duration = Duration::from_secs(1);
+/// The least sleep when records are due but the claims found none (they start over).
+const NOTHING_CLAIMED_PAUSE: Duration = Duration::from_millis(50);
 /// How often claims start over from the beginning of each sync's queue, whatever else.
 const CURSOR_RESET: Duration = Duration::from_secs(30);
 /// How often the worker claims while jobs are in flight and none finished.
@@ -86,14 +86,39 @@ fn pin_search_path() {
     in_transaction(|client| Ok(client.update("SET search_path TO pg_catalog, pg_temp", None, &[]).map(|_| ())?))
 }
 
-fn extension_installed() -> bool {
-    in_transaction(|client| Ok(!client.select("SELECT FROM pg_catalog.pg_extension WHERE extname = 'vitally_sync'", None, &[])?.is_empty()))
+/// The extension in the worker's database, as the worker sees it.
+#[derive(Clone, PartialEq, Debug)]
+enum Extension {
+    Absent,
+    /// Installed at another version than this library's: its tables may not be what the
+    /// queue's statements expect, so nothing is done until `ALTER EXTENSION ... UPDATE`.
+    OtherVersion(String),
+    /// Installed at this library's version; its oid tells a re-created one apart.
+    Ours(pg_sys::Oid),
+}
+
+fn extension() -> Extension {
+    in_transaction(|client| {
+        let row = client.select("SELECT oid, extversion FROM pg_catalog.pg_extension WHERE extname = 'vitally_sync'", Some(1), &[])?.first();
+        if row.is_empty() {
+            return Ok(Extension::Absent);
+        }
+        let version: String = row.required("extversion")?;
+        Ok(if version == env!("CARGO_PKG_VERSION") { Extension::Ours(row.required("oid")?) } else { Extension::OtherVersion(version) })
+    })
+}
+
+/// Whether the extension is still the one with oid `oid` (within a transaction; no SQL).
+fn still(oid: pg_sys::Oid) -> bool {
+    unsafe { pg_sys::get_extension_oid(c"vitally_sync".as_ptr(), true) == oid }
 }
 
 /// Where a job's records go, or the failure every one of them gets (its key is gone, or
 /// its URL's host is no longer allowed).
 fn endpoint(client: &SpiClient<'_>, key: &JobKey) -> Result<std::result::Result<Endpoint, Outcome>> {
-    let found = crate::catalog::endpoints(client, key.destination_id)?;
+    let Some(found) = crate::catalog::endpoints(client, key.destination_id)? else {
+        return Ok(Err(Outcome::Rejected { status: 0, error: "the destination was dropped".into() }));
+    };
     let name = &found.name;
     let missing = |which: &str, arg: &str| {
         Outcome::Rejected {
@@ -116,13 +141,24 @@ struct Finished {
     result: JobResult,
 }
 
-/// Signals are Postgres's, and handled on this (the main) thread only.
-fn block_signals() {
+/// Signals are Postgres's, and handled on the main thread only: blocks all but those a
+/// fault raises on the thread itself (so that a crash still reports as one). Returns the
+/// mask as it was.
+fn block_signals() -> libc::sigset_t {
     unsafe {
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut set);
+        for fault in [libc::SIGSEGV, libc::SIGBUS, libc::SIGFPE, libc::SIGILL, libc::SIGABRT] {
+            libc::sigdelset(&mut set, fault);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+        old
     }
+}
+
+fn restore_signals(old: &libc::sigset_t) {
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, old, std::ptr::null_mut()) };
 }
 
 /// Whether the postmaster still runs (a zero-timeout wait that does not touch the latch).
@@ -154,9 +190,8 @@ struct Worker {
     in_flight: HashMap<u64, (JobKey, Vec<i64>)>,
     next_job: u64,
     finished: Vec<Finished>,
-    /// Whether the extension is installed, as last seen (None: not looked yet), and when.
-    installed: Option<bool>,
-    installed_seen: Instant,
+    /// The extension as last seen (None: not looked yet).
+    installed: Option<Extension>,
     next_prune: Instant,
     last_prune: Instant,
     /// Where each sync's claims resume, and when they last started over.
@@ -172,28 +207,30 @@ struct Worker {
 impl Worker {
     /// One round: record finished jobs, prune, claim and start new jobs, then wait a little.
     fn round(&mut self) -> Round {
-        // Looked at now and then, not every round: a drop under a busy worker shows
-        // sooner as an error, which is caught (see the main loop).
-        let now_installed = match self.installed {
-            Some(seen) if self.installed_seen.elapsed() < EXTENSION_CHECK => seen,
-            _ => {
-                self.installed_seen = Instant::now();
-                extension_installed()
+        let now = extension();
+        if self.installed.as_ref() != Some(&now) {
+            match &now {
+                Extension::Ours(_) => log!("vitally_sync worker: extension found in database \"{}\"", self.database),
+                Extension::Absent => log!("vitally_sync worker: extension not installed in database \"{}\"", self.database),
+                Extension::OtherVersion(v) => log!(
+                    "vitally_sync worker: extension vitally_sync {v} in database \"{}\", library {}: waiting for ALTER EXTENSION vitally_sync UPDATE",
+                    self.database,
+                    env!("CARGO_PKG_VERSION")
+                ),
             }
-        };
-        if self.installed != Some(now_installed) {
-            log!("vitally_sync worker: extension {} in database \"{}\"", if now_installed { "found" } else { "not installed" }, self.database);
-            self.installed = Some(now_installed);
-            // Jobs of a dropped extension have nowhere to record their outcomes.
+            self.installed = Some(now.clone());
+            // Jobs of a dropped (or re-created) extension have nowhere to record their outcomes.
             self.in_flight.clear();
             self.finished.clear();
-            if now_installed {
-                self.cursors.reset();
+            self.cursors.reset();
+            if let Extension::Ours(_) = now {
+                // Whatever ran on this schema before may not have kept the counts.
+                in_transaction(crate::queue::recount_pending);
             }
         }
-        if !now_installed {
+        let Extension::Ours(oid) = now else {
             return if BackgroundWorker::wait_latch(Some(IDLE_WAKE)) { Round::Go } else { Round::Stop };
-        }
+        };
 
         while let Ok(f) = self.done_rx.try_recv() {
             self.finished.push(f);
@@ -206,7 +243,9 @@ impl Worker {
                 self.in_flight.remove(&f.job);
             }
             let results: Vec<JobResult> = std::mem::take(&mut self.finished).into_iter().map(|f| f.result).collect();
-            let replaced = in_transaction(|client| crate::queue::record_outcomes(client, &results, &self.settings.retry));
+            // Never into the tables of an extension re-created since the records were claimed.
+            let replaced =
+                in_transaction(|client| if still(oid) { crate::queue::record_outcomes(client, &results, &self.settings.retry) } else { Ok(0) });
             if replaced > 0 {
                 // Their newer versions may sort before where the claims resume.
                 self.cursors.reset();
@@ -243,6 +282,9 @@ impl Worker {
             let sent: Vec<i64> = self.in_flight.values().flat_map(|(_, ids)| ids.iter().copied()).collect();
             let cursors = &mut self.cursors;
             in_transaction(|client| {
+                if !still(oid) {
+                    return Ok(Vec::new());
+                }
                 let jobs = crate::queue::claim(client, &busy, &sent, cursors, &sizes)?;
                 jobs.into_iter().map(|job| Ok((endpoint(client, &job.key)?, job))).collect::<Result<Vec<_>>>()
             })
@@ -257,8 +299,17 @@ impl Worker {
             self.in_flight.insert(id, (job.key.clone(), job.records.iter().map(|c| c.record.id).collect()));
             let (client, tx, destination_id) = (self.client.clone(), self.done_tx.clone(), job.key.destination_id);
             self.runtime.spawn(async move {
-                let outcomes = match &endpoint {
-                    Ok(endpoint) => deliver(&client, endpoint, job.records.iter().map(|c| c.record.clone()).collect()).await,
+                let records: Vec<_> = job.records.iter().map(|c| c.record.clone()).collect();
+                let outcomes = match endpoint {
+                    // In a task of its own: a panic there still brings the job back, its
+                    // records to be tried again, instead of keeping them in flight for ever.
+                    Ok(endpoint) => match tokio::spawn(async move { deliver(&client, &endpoint, records).await }).await {
+                        Ok(outcomes) => outcomes,
+                        Err(e) => {
+                            let error = format!("vitally_sync worker: the job stopped unexpectedly ({e})");
+                            job.records.iter().map(|c| (c.record.id, Outcome::Retry { status: None, error: error.clone() })).collect()
+                        }
+                    },
                     Err(reason) => job.records.iter().map(|c| (c.record.id, reason.clone())).collect(),
                 };
                 let _ = tx.send(Finished { job: id, result: JobResult { destination_id, records: job.records, outcomes } });
@@ -267,10 +318,14 @@ impl Worker {
 
         if self.in_flight.is_empty() {
             let until_prune = self.next_prune.saturating_duration_since(Instant::now());
-            let sleep = in_transaction(|client| crate::queue::next_due(client))
-                .unwrap_or(MAX_SLEEP)
-                .min(until_prune)
-                .clamp(Duration::from_millis(5), MAX_SLEEP);
+            let due = in_transaction(|client| crate::queue::next_due(client));
+            if due.is_some_and(|d| d.is_zero()) {
+                // Something is due and the claims found nothing: it sorts before where they
+                // resume (a commit that rang no doorbell, as COMMIT PREPARED): start over.
+                self.cursors.reset();
+            }
+            let sleep = due.unwrap_or(MAX_SLEEP).min(until_prune).clamp(Duration::from_millis(5), MAX_SLEEP);
+            let sleep = if due.is_some_and(|d| d.is_zero()) { sleep.max(NOTHING_CLAIMED_PAUSE) } else { sleep };
             // Idle: what the last transactions did shows in pg_stat_user_tables now.
             report_stats(true);
             if !BackgroundWorker::wait_latch(Some(sleep)) {
@@ -301,13 +356,19 @@ pub extern "C-unwind" fn vitally_sync_worker_main(_arg: pg_sys::Datum) {
     // HTTP runs on a thread of its own, so requests go on while this thread records
     // outcomes and claims (on one thread the two took turns, and half the time no
     // request was out). That thread never touches Postgres, and takes none of its signals.
+    // Threads start with the signals of the thread that makes them blocked, so none is
+    // ever taken on theirs; this thread's are restored at once.
+    let saved = block_signals();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("vitally_sync http")
-        .on_thread_start(block_signals)
+        .on_thread_start(|| {
+            block_signals();
+        })
         .enable_all()
         .build()
         .expect("a tokio runtime");
+    restore_signals(&saved);
     let settings = Settings::read();
     let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel::<Finished>();
     let mut w = Worker {
@@ -321,7 +382,6 @@ pub extern "C-unwind" fn vitally_sync_worker_main(_arg: pg_sys::Datum) {
         next_job: 0,
         finished: Vec::new(),
         installed: None,
-        installed_seen: Instant::now(),
         next_prune: Instant::now(),
         last_prune: Instant::now(),
         cursors: Cursors::default(),
@@ -351,7 +411,7 @@ pub extern "C-unwind" fn vitally_sync_worker_main(_arg: pg_sys::Datum) {
         let round = PgTryBuilder::new(AssertUnwindSafe(|| w.round()))
             .catch_others(|e| {
                 unsafe { pg_sys::AbortCurrentTransaction() };
-                if extension_installed() {
+                if extension() != Extension::Absent {
                     e.rethrow()
                 }
                 Round::Go

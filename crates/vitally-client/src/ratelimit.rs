@@ -14,6 +14,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
 
+/// The longest a server's headers can make a key wait (a larger figure is a broken or
+/// hostile server: `Instant + Duration` would overflow on it).
+const LONGEST_WAIT: Duration = Duration::from_secs(3600);
 /// How long a request waits for a probe's answer before looking again.
 const PROBE_WAIT: Duration = Duration::from_millis(20);
 
@@ -104,10 +107,10 @@ impl RateLimiter {
         if let Some(remaining) = headers.remaining {
             // Vitally counted this request; the others still in flight are not in its figure yet.
             s.remaining = Some(remaining as i64 - s.in_flight);
-            s.reset_at = headers.reset.map(|r| now + Duration::from_secs(r));
+            s.reset_at = headers.reset.map(|r| now + Duration::from_secs(r).min(LONGEST_WAIT));
         }
         if status == Some(429) {
-            let wait = rate_limit_wait.unwrap_or(crate::outcome::DEFAULT_429_WAIT);
+            let wait = rate_limit_wait.unwrap_or(crate::outcome::DEFAULT_429_WAIT).min(LONGEST_WAIT);
             s.paused_until = Some(s.paused_until.map_or(now + wait, |p| p.max(now + wait)));
             s.remaining = Some(0);
             s.reset_at = Some(now + wait);
@@ -118,6 +121,17 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_absurd_reset_or_wait_is_capped_not_a_panic() {
+        let limiter = RateLimiter::new(None);
+        let headers = RateLimitHeaders { limit: None, remaining: Some(0), reset: Some(u64::MAX) };
+        let permit = Permit { _private: () };
+        limiter.answered(permit, Some(429), &headers, Some(Duration::MAX));
+        let s = limiter.state.lock().unwrap();
+        assert!(s.paused_until.unwrap() <= Instant::now() + LONGEST_WAIT);
+        assert!(s.reset_at.unwrap() <= Instant::now() + LONGEST_WAIT);
+    }
 
     fn headers(remaining: u64, reset: u64) -> RateLimitHeaders {
         RateLimitHeaders { limit: Some(10), remaining: Some(remaining), reset: Some(reset) }

@@ -15,6 +15,7 @@ crate::trials!("10_operations":
     metrics_count_what_vitally_answered_per_destination,
     a_long_sync_reports_progress_and_a_quick_one_is_quiet,
     a_dump_restored_into_a_new_cluster_delivers_only_what_changed,
+    the_worker_waits_for_alter_extension_update_and_the_update_finishes_stuck_runs,
 );
 
 /// Every object of the extension as text: tables with their columns, constraints,
@@ -396,4 +397,41 @@ fn a_dump_restored_into_a_new_cluster_delivers_only_what_changed() {
     assert!(sent[0].contains("renamed"), "{}", sent[0]);
     // A new sync in the restored database does not collide with restored ids.
     db.batch_execute("SELECT vitally.create_sync('accounts2', 'prod', 'account', 'upsert', 'SELECT * FROM accounts')").unwrap();
+}
+
+/// A server restarted with a new library before `ALTER EXTENSION vitally_sync UPDATE`:
+/// the worker touches nothing of the old schema (its statements would fail on it, and it
+/// would send its jobs again after each restart) and says what it waits for. After the
+/// update it delivers, and a run 0.1.0 left 'running' with nothing pending is finished.
+fn the_worker_waits_for_alter_extension_update_and_the_update_finishes_stuck_runs() {
+    let own = Cluster::with_worker("versions", &[]);
+    let mut db = own.admin("app");
+    db.batch_execute("DROP EXTENSION vitally_sync; CREATE EXTENSION vitally_sync VERSION '0.1.0'").unwrap();
+    let library: String = scalar(&mut db, "SELECT default_version FROM pg_available_extensions WHERE name = 'vitally_sync'");
+    eventually("the worker to say it waits for the update", Duration::from_secs(30), || {
+        own.log()
+            .contains(&format!(
+                "extension vitally_sync 0.1.0 in database \"app\", library {library}: waiting for ALTER EXTENSION vitally_sync UPDATE"
+            ))
+            .then_some(())
+    });
+    // As 0.1.0 left it: a run whose records a newer run took over, never finished.
+    db.batch_execute(
+        "SELECT vitally.create_destination('v_d', analytics_api_key => 'k', analytics_url => 'http://127.0.0.1:9/analytics/v1');
+         CREATE TABLE v AS SELECT 1 AS id;
+         SELECT vitally.create_sync('v_s', 'v_d', 'account', 'upsert', 'SELECT * FROM v');
+         INSERT INTO vitally.sync_run (sync_id, planned_at, records_queued) SELECT id, now(), 1 FROM vitally.sync WHERE name = 'v_s';",
+    )
+    .unwrap();
+    db.batch_execute("ALTER EXTENSION vitally_sync UPDATE").unwrap();
+    let stuck: String = scalar(&mut db, "SELECT status FROM vitally.sync_runs WHERE sync_name = 'v_s' ORDER BY id LIMIT 1");
+    assert_eq!(stuck, "succeeded");
+    eventually("the worker to find the updated extension", Duration::from_secs(30), || {
+        own.log().contains("extension found in database \"app\"").then_some(())
+    });
+    let vitally = emulator(Faults::default());
+    emulator_destination(&mut db, "v_e", &vitally);
+    db.batch_execute("SELECT vitally.alter_sync('v_s', destination => 'v_e')").unwrap();
+    assert_eq!(sync_and_wait(&mut db, "v_s", 30), "succeeded");
+    assert_eq!(vitally.count("accounts"), 1);
 }
