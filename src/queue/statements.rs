@@ -53,7 +53,10 @@ pub const RECORD_OUTCOMES: &str = "WITH o AS (
                 error = o.error,
                 delivered_at = CASE WHEN o.status = 'delivered' THEN pg_catalog.now() END
            FROM o
-          WHERE r.id = o.id AND r.version = o.version AND r.status = 'pending'
+          -- `r.id = ANY ($1)` as well: the records are found by primary key, never by a
+          -- scan of every pending record joined by hash (which the planner chose once the
+          -- queue held 300,000, spilling to disk on every outcome).
+          WHERE r.id = o.id AND r.id = ANY ($1::bigint[]) AND r.version = o.version AND r.status = 'pending'
          RETURNING r.id, r.sync_id, r.sync_key, r.payload_hash, r.run_id, o.status,
                    CASE WHEN pg_catalog.jsonb_typeof(r.payload->'accountIds') = 'array' THEN r.payload->'accountIds' END AS account_ids),
      state AS (
@@ -80,7 +83,7 @@ pub const RECORD_OUTCOMES: &str = "WITH o AS (
 /// their delivered hashes): that older copy is what Vitally has now.
 pub const KEEP_DELIVERED_OF_REPLACED: &str = "WITH d AS (SELECT * FROM unnest($1::bigint[], $2::bigint[]) AS d(id, hash))
      INSERT INTO vitally.delivery_state (sync_id, sync_key, payload_hash)
-     SELECT r.sync_id, r.sync_key, d.hash FROM d JOIN vitally.record r ON r.id = d.id WHERE d.hash IS NOT NULL
+     SELECT r.sync_id, r.sync_key, d.hash FROM d JOIN vitally.record r ON r.id = d.id WHERE r.id = ANY ($1::bigint[]) AND d.hash IS NOT NULL
      ON CONFLICT (sync_id, sync_key) DO UPDATE SET payload_hash = EXCLUDED.payload_hash, delivered_at = pg_catalog.now()";
 
 /// Seconds until the next pending record is due (NULL: nothing pending). Asked only when
