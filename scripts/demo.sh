@@ -51,7 +51,6 @@ port = $PORT
 listen_addresses = ''
 unix_socket_directories = '$DEMO_DIR'
 shared_preload_libraries = 'vitally_sync, pg_cron'
-vitally.database = 'app'
 vitally.allowed_hosts = '127.0.0.1'   # the local emulator; by default only Vitally's own hosts
 cron.database_name = 'app'
 cron.use_background_workers = on

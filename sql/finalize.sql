@@ -118,7 +118,8 @@ SELECT d.name AS destination,
        coalesce(st.retried_1h, 0) AS retried_last_hour,
        coalesce(st.rate_limited_1h, 0) AS rate_limited_last_hour,
        coalesce(f.failed, 0) AS failed_now,
-       vitally.worker_pid() IS NOT NULL AS worker_up
+       vitally.worker_pid() IS NOT NULL AS worker_up,
+       vitally.worker_status() AS worker_status
   FROM vitally.destination d
   LEFT JOIN LATERAL (SELECT pg_catalog.count(*) AS pending, pg_catalog.min(r.queued_at) AS oldest
                        FROM vitally.sync s JOIN vitally.record r ON r.sync_id = s.id AND r.status = 'pending'
@@ -186,4 +187,4 @@ GRANT USAGE ON SCHEMA vitally TO vitally_user, pg_monitor;
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA vitally TO vitally_user;
 GRANT SELECT ON vitally.destinations, vitally.syncs, vitally.sync_runs, vitally.records, vitally.sync_status TO vitally_user;
 GRANT SELECT ON vitally.metrics TO vitally_user, pg_monitor;
-GRANT EXECUTE ON FUNCTION vitally.worker_pid() TO pg_monitor;
+GRANT EXECUTE ON FUNCTION vitally.worker_pid(), vitally.worker_status() TO pg_monitor;

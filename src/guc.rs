@@ -5,7 +5,7 @@
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use std::ffi::CString;
 
-pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
+pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
 pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(100);
 pub static MAX_CONCURRENCY: GucSetting<i32> = GucSetting::<i32>::new(4);
 pub static MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(10);
@@ -16,19 +16,17 @@ pub static RETRY_MAX_DELAY_MS: GucSetting<i32> = GucSetting::<i32>::new(600_000)
 pub static RECORD_RETENTION_MIN: GucSetting<i32> = GucSetting::<i32>::new(14 * 24 * 60);
 pub static ALLOWED_HOSTS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"*.vitally.io, *.vitally-eu.io"));
 
-/// Registers the settings. Postmaster-only ones exist only when the library is
-/// preloaded: Postgres refuses to create them later, and kills the session that tries.
+/// Registers the settings (all of them may be set with the library loaded late: none
+/// is postmaster-only).
 pub fn register() {
-    if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
-        GucRegistry::define_string_guc(
-            c"vitally.database",
-            c"The database whose queued records the vitally_sync worker delivers.",
-            c"Create the extension in this database. Changing it needs a server restart.",
-            &DATABASE,
-            GucContext::Postmaster,
-            GucFlags::default(),
-        );
-    }
+    GucRegistry::define_string_guc(
+        c"vitally.database",
+        c"Serve only this database (empty: every database where the extension is installed).",
+        c"Takes effect on reload: the launcher stops the workers of databases it no longer serves.",
+        &DATABASE,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
     GucRegistry::define_string_guc(
         c"vitally.allowed_hosts",
         c"Hosts a destination's URL override may name (comma-separated; *.example.com for any host under it).",
@@ -125,7 +123,7 @@ pub fn allowed_hosts() -> vitally_client::destination::AllowedHosts {
     vitally_client::destination::AllowedHosts::parse(&list)
 }
 
-/// The database name the worker connects to.
-pub fn database() -> String {
-    DATABASE.get().and_then(|s| s.into_string().ok()).filter(|s| !s.is_empty()).unwrap_or_else(|| "postgres".to_string())
+/// The one database to serve, when `vitally.database` names one.
+pub fn database_filter() -> Option<String> {
+    DATABASE.get().and_then(|s| s.into_string().ok()).filter(|s| !s.is_empty())
 }

@@ -12,12 +12,15 @@ mod doorbell;
 mod elevation;
 mod errors;
 mod guc;
+mod launcher;
 mod log_scrub;
 mod planning;
 mod progress;
 mod queue;
+mod roster;
 mod scheduling;
 mod schema;
+mod utility_hook;
 mod worker;
 
 pgrx::pg_module_magic!();
@@ -27,8 +30,9 @@ pub extern "C-unwind" fn _PG_init() {
     guc::register();
     log_scrub::install();
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
-        doorbell::init();
-        worker::register();
+        roster::init();
+        utility_hook::install();
+        launcher::register();
     }
 }
 

@@ -1,5 +1,5 @@
-//! The background worker: registered at server start, connected to `vitally.database`,
-//! it delivers queued records.
+//! A delivery worker: started by the launcher for one database, it delivers the records
+//! queued there, and stops when the extension is dropped.
 //!
 //! The main thread alone touches Postgres (claims, outcomes, settings, signals); HTTP
 //! runs as tokio tasks on one thread of its own, which never touches Postgres and takes
@@ -13,7 +13,7 @@ mod settings;
 
 use crate::errors::{Result, Row};
 use crate::queue::{Cursors, JobKey, JobResult};
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
+use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::pg_sys::panic::{ErrorReport, ErrorReportable};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -26,9 +26,7 @@ use std::time::{Duration, Instant};
 use vitally_client::delivery::deliver;
 use vitally_client::{Endpoint, Outcome, VitallyClient};
 
-/// How long the postmaster waits before starting the worker again after it exits.
-const RESTART_AFTER: Duration = Duration::from_secs(2);
-/// How often the worker wakes with nothing to do, to notice the extension appear.
+/// How often the worker looks for `ALTER EXTENSION ... UPDATE` while it waits for one.
 const IDLE_WAKE: Duration = Duration::from_secs(5);
 /// The longest the worker sleeps while records wait for a retry: the fallback timer.
 const MAX_SLEEP: Duration = Duration::from_secs(2);
@@ -50,18 +48,6 @@ const CURSOR_RESET: Duration = Duration::from_secs(30);
 const CLAIM_ANYWAY: Duration = Duration::from_secs(1);
 /// How long in-flight jobs may finish after SIGTERM (what they do not finish stays pending).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
-
-/// Called from `_PG_init` while preloading (after `doorbell::init`).
-pub fn register() {
-    BackgroundWorkerBuilder::new("vitally_sync worker")
-        .set_type("vitally_sync worker")
-        .set_library("vitally_sync")
-        .set_function("vitally_sync_worker_main")
-        .enable_spi_access()
-        .enable_shmem_access(None)
-        .set_restart_time(Some(RESTART_AFTER))
-        .load();
-}
 
 /// Runs `f` in a transaction of its own. An error ends the worker: it is started
 /// again, and claims what it had in flight again.
@@ -181,6 +167,7 @@ enum Round {
 /// What the worker keeps between rounds.
 struct Worker {
     database: String,
+    slot: &'static crate::roster::Slot,
     settings: Settings,
     client: Arc<VitallyClient>,
     runtime: tokio::runtime::Runtime,
@@ -208,10 +195,19 @@ impl Worker {
     /// One round: record finished jobs, prune, claim and start new jobs, then wait a little.
     fn round(&mut self) -> Round {
         let now = extension();
+        if now == Extension::Absent {
+            // The slot goes back to the launcher, which looks again at CREATE EXTENSION.
+            if self.installed.is_some() {
+                log!("vitally_sync worker: extension dropped in database \"{}\": the worker stops", self.database);
+            }
+            self.slot.set_state(crate::roster::State::Absent);
+            return Round::Stop;
+        }
         if self.installed.as_ref() != Some(&now) {
+            self.slot.set_state(crate::roster::State::Serving);
             match &now {
                 Extension::Ours(_) => log!("vitally_sync worker: extension found in database \"{}\"", self.database),
-                Extension::Absent => log!("vitally_sync worker: extension not installed in database \"{}\"", self.database),
+                Extension::Absent => unreachable!("handled above"),
                 Extension::OtherVersion(v) => log!(
                     "vitally_sync worker: extension vitally_sync {v} in database \"{}\", library {}: waiting for ALTER EXTENSION vitally_sync UPDATE",
                     self.database,
@@ -253,7 +249,7 @@ impl Worker {
         }
         // A commit that queued records may have given them an older time than where the
         // claims resume (a long transaction); so may anything, now and then.
-        let rings = crate::doorbell::rings();
+        let rings = crate::doorbell::rings(self.slot);
         let rang = rings != self.rings;
         if rang || self.cursors_reset.elapsed() >= CURSOR_RESET {
             self.rings = rings;
@@ -345,12 +341,25 @@ impl Worker {
 
 #[pg_guard]
 #[unsafe(no_mangle)]
-pub extern "C-unwind" fn vitally_sync_worker_main(_arg: pg_sys::Datum) {
+pub extern "C-unwind" fn vitally_sync_worker_main(arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
-    let database = crate::guc::database();
-    BackgroundWorker::connect_worker_to_spi(Some(&database), None);
-    crate::doorbell::set_worker_pid(unsafe { pg_sys::MyProcPid });
+    let (index, db) = crate::launcher::decode_argument(arg);
+    let slot = crate::roster::slot(index);
+    if slot.database() != db || slot.live_pid().is_some() {
+        // The slot was given to another database, or a worker serves it already.
+        unsafe { pg_sys::proc_exit(0) };
+    }
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(db), None);
+    slot.set_pid(unsafe { pg_sys::MyProcPid });
+    unsafe { pg_sys::on_proc_exit(Some(forget_pid), pg_sys::Datum::from(index)) };
     pin_search_path();
+    let database = database_name();
+    if extension() == Extension::Absent {
+        // Looked at by the launcher, and not for us: no log line on every look.
+        debug1!("vitally_sync worker: no extension in database \"{database}\"");
+        slot.set_state(crate::roster::State::Absent);
+        unsafe { pg_sys::proc_exit(0) };
+    }
     log!("vitally_sync worker started for database \"{database}\"");
 
     // HTTP runs on a thread of its own, so requests go on while this thread records
@@ -373,6 +382,7 @@ pub extern "C-unwind" fn vitally_sync_worker_main(_arg: pg_sys::Datum) {
     let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel::<Finished>();
     let mut w = Worker {
         database,
+        slot,
         client: Arc::new(VitallyClient::new(settings.client.clone())),
         settings,
         runtime,
@@ -386,7 +396,7 @@ pub extern "C-unwind" fn vitally_sync_worker_main(_arg: pg_sys::Datum) {
         last_prune: Instant::now(),
         cursors: Cursors::default(),
         cursors_reset: Instant::now(),
-        rings: crate::doorbell::rings(),
+        rings: crate::doorbell::rings(slot),
         last_claim: Instant::now(),
         claimed_some: false,
     };
@@ -421,7 +431,7 @@ pub extern "C-unwind" fn vitally_sync_worker_main(_arg: pg_sys::Datum) {
             break;
         }
     }
-    let Worker { runtime, mut done_rx, mut in_flight, mut finished, settings, .. } = w;
+    let Worker { database, runtime, mut done_rx, mut in_flight, mut finished, settings, .. } = w;
 
     // A clean stop: let jobs in flight finish briefly and record what they got, so that
     // little is sent twice; what they did not finish is still pending.
@@ -439,10 +449,24 @@ pub extern "C-unwind" fn vitally_sync_worker_main(_arg: pg_sys::Datum) {
         let results: Vec<JobResult> = finished.into_iter().map(|f| f.result).collect();
         in_transaction(|client| crate::queue::record_outcomes(client, &results, &settings.retry));
     }
-    crate::doorbell::set_worker_pid(0);
-    log!("vitally_sync worker stopped");
-    // Exit code 1 asks the postmaster to start the worker again (after RESTART_AFTER)
-    // when only this process was told to stop (pg_terminate_backend); at server
-    // shutdown nothing is restarted.
-    unsafe { pg_sys::proc_exit(1) };
+    log!("vitally_sync worker stopped (database \"{database}\")");
+    // The launcher starts another unless the extension is gone (or the database).
+    unsafe { pg_sys::proc_exit(0) };
+}
+
+/// The slot's pid is cleared however the worker exits (an error ends it too).
+#[pg_guard]
+unsafe extern "C-unwind" fn forget_pid(_code: i32, index: pg_sys::Datum) {
+    let slot = crate::roster::slot(index.value());
+    if slot.pid() == unsafe { pg_sys::MyProcPid } {
+        slot.set_pid(0);
+    }
+}
+
+/// This worker's database's name, for its log lines.
+fn database_name() -> String {
+    in_transaction(|_| {
+        let name = unsafe { pg_sys::get_database_name(pg_sys::MyDatabaseId) };
+        Ok(if name.is_null() { String::new() } else { unsafe { std::ffi::CStr::from_ptr(name) }.to_string_lossy().into_owned() })
+    })
 }

@@ -50,22 +50,35 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// An empty directory for a cluster, owned by `postgres` when we are root.
+fn cluster_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("vitally-e2e-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    if is_root() {
+        let mut c = Command::new("chown");
+        c.args(["postgres:postgres", dir.to_str().unwrap()]);
+        run(c, "chown");
+    }
+    dir
+}
+
+/// Adds lines to a cluster's `postgresql.conf` (later lines win).
+fn append_conf(data: &Path, settings: &[impl AsRef<str>]) {
+    let conf_path = data.join("postgresql.conf");
+    let mut text = fs::read_to_string(&conf_path).unwrap();
+    text.push_str("\n# vitally-e2e\n");
+    for line in settings {
+        text.push_str(line.as_ref());
+        text.push('\n');
+    }
+    fs::write(&conf_path, text).unwrap();
+}
+
 impl Cluster {
     /// Creates and starts a cluster named `name` with extra `postgresql.conf` lines.
     pub fn start(name: &str, conf: &[&str]) -> Cluster {
-        let dir = std::env::temp_dir().join(format!("vitally-e2e-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        if is_root() {
-            run(
-                {
-                    let mut c = Command::new("chown");
-                    c.args(["postgres:postgres", dir.to_str().unwrap()]);
-                    c
-                },
-                "chown",
-            );
-        }
+        let dir = cluster_dir(name);
         let data = dir.join("data");
         let mut initdb = pg_command("initdb");
         initdb.args(["-D", data.to_str().unwrap(), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"]);
@@ -82,16 +95,33 @@ impl Cluster {
             format!("vitally.allowed_hosts = '{LOOPBACK_HOSTS}'"),
         ];
         settings.extend(conf.iter().map(|s| s.to_string()));
-        let conf_path = data.join("postgresql.conf");
-        let mut text = fs::read_to_string(&conf_path).unwrap();
-        text.push_str("\n# vitally-e2e\n");
-        text.push_str(&settings.join("\n"));
-        text.push('\n');
-        fs::write(&conf_path, text).unwrap();
-
+        append_conf(&data, &settings);
         let cluster = Cluster { dir, port };
         cluster.pg_ctl_start();
         cluster
+    }
+
+    /// A streaming standby of this cluster (`pg_basebackup -R`), started, on a port and in
+    /// a directory of its own; it keeps the primary's settings.
+    pub fn standby(&self, name: &str) -> Cluster {
+        let dir = cluster_dir(name);
+        let data = dir.join("data");
+        let mut backup = pg_command("pg_basebackup");
+        let port = self.port.to_string();
+        backup.args(["-D", data.to_str().unwrap(), "-R", "-X", "stream", "-h", "127.0.0.1", "-p", &port, "-U", "postgres"]);
+        run(backup, "pg_basebackup");
+        let port = free_port();
+        append_conf(&data, &[format!("port = {port}"), format!("unix_socket_directories = '{}'", dir.display())]);
+        let cluster = Cluster { dir, port };
+        cluster.pg_ctl_start();
+        cluster
+    }
+
+    /// Ends a standby's recovery: it becomes a primary.
+    pub fn promote(&self) {
+        let mut c = pg_command("pg_ctl");
+        c.args(["-D", self.data_dir().to_str().unwrap(), "-w", "promote"]);
+        run(c, "pg_ctl promote");
     }
 
     /// A cluster of its own with the worker serving database `app`, where the extension

@@ -16,6 +16,7 @@ mod s12_hostile_input;
 mod s13_elevation;
 mod s14_new_user;
 mod s15_scale;
+mod s16_databases;
 
 /// Every scenario, as test trials named `<file>::<test>`.
 pub fn all() -> Vec<Trial> {
@@ -36,6 +37,7 @@ pub fn all() -> Vec<Trial> {
     trials.extend(s13_elevation::trials());
     trials.extend(s14_new_user::trials());
     trials.extend(s15_scale::trials());
+    trials.extend(s16_databases::trials());
     trials
 }
 

@@ -9,6 +9,7 @@ crate::trials!("08_durability":
     kill_9_of_the_postmaster_mid_delivery_loses_nothing,
     a_fast_shutdown_mid_delivery_loses_nothing,
     kill_9_of_the_worker_mid_delivery_loses_nothing,
+    a_standby_runs_nothing_and_after_failover_mid_delivery_the_new_primary_delivers_everything,
     a_reload_picks_up_batch_size_and_max_attempts,
 );
 
@@ -80,6 +81,46 @@ fn kill_9_of_the_worker_mid_delivery_loses_nothing() {
     let worker: i32 = scalar(&mut cluster.admin("app"), "SELECT pid FROM pg_stat_activity WHERE backend_type = 'vitally_sync worker'");
     cluster.kill9(worker);
     everything_arrived_once_or_as_a_harmless_repeat(&cluster, &vitally);
+}
+
+/// What a server logged of ours that an operator would be paged for.
+fn our_complaints(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| l.contains("vitally") && ["ERROR", "FATAL", "PANIC", "WARNING"].iter().any(|level| l.contains(&format!("{level}:"))))
+        .collect()
+}
+
+/// A primary with a streaming standby (`pg_basebackup -R`). On the standby nothing of
+/// ours runs or complains; the primary is killed mid-delivery and the standby promoted:
+/// the new primary delivers every record the old one had queued, a repeat only under
+/// the same messageId, and the run's counts end final and right.
+fn a_standby_runs_nothing_and_after_failover_mid_delivery_the_new_primary_delivers_everything() {
+    let primary = Cluster::with_worker("failover-primary", &[]);
+    let standby = primary.standby("failover-standby");
+    let vitally = emulator(Faults { latency_ms: 100, ..Faults::default() });
+    start_delivering(&primary, &vitally, 2_000);
+    eventually("the standby to replay the queue", Duration::from_secs(60), || {
+        let mut db = Client::connect(&format!("host=127.0.0.1 port={} dbname=app user=postgres", standby.port), postgres::NoTls).ok()?;
+        let n: i64 = db.query_one("SELECT count(*) FROM vitally.record", &[]).ok()?.get(0);
+        (n == RECORDS).then_some(())
+    });
+    let ours: i64 = scalar(
+        &mut standby.admin("app"),
+        "SELECT count(*) FROM pg_stat_activity WHERE backend_type IN ('vitally_sync launcher', 'vitally_sync worker')",
+    );
+    assert_eq!(ours, 0, "no launcher and no worker on a standby");
+    primary.kill9(primary.postmaster_pid());
+
+    let before = standby.log();
+    assert_eq!(our_complaints(&before), Vec::<&str>::new(), "the standby logged nothing of ours");
+    assert!(!before.contains("vitally_sync launcher started"), "nothing of ours started on the standby");
+    standby.promote();
+    everything_arrived_once_or_as_a_harmless_repeat(&standby, &vitally);
+    let mut db = standby.admin("app");
+    let run = db.query_one("SELECT status, records_queued, records_delivered, records_failed FROM vitally.sync_runs", &[]).unwrap();
+    assert_eq!(run.get::<_, &str>(0), "succeeded");
+    assert_eq!((run.get::<_, i64>(1), run.get::<_, i64>(2), run.get::<_, i64>(3)), (RECORDS, RECORDS, 0));
+    assert_eq!(our_complaints(&standby.log()), Vec::<&str>::new(), "nothing of ours complained after promotion either");
 }
 
 fn reloaded(cluster: &Cluster, setting: &str) {

@@ -1,0 +1,260 @@
+//! Who serves which database: a table in shared memory with one slot per database the
+//! launcher serves or has looked at. The launcher alone assigns and frees slots; the
+//! delivery worker of a slot says how it fares; any backend reads its own database's
+//! slot (to wake its worker, or to say why nothing delivers) and may ask for a look.
+//!
+//! Everything is an atomic: a backend rings the doorbell from its commit callback,
+//! where taking a lock is best avoided, and a stale read costs at most one more look.
+
+use pgrx::prelude::*;
+use pgrx::{pg_shmem_init, PGRXSharedMemory, PgAtomic};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Databases served (or looked at) at once; more are refused with a log line, as when
+/// `max_worker_processes` is used up.
+pub const SLOTS: usize = 128;
+
+/// What the launcher knows of a slot's worker.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u32)]
+pub enum State {
+    /// Not started yet, or stopped for a reason other than the extension's absence:
+    /// the launcher starts a worker.
+    Wanted = 0,
+    /// Registered with the postmaster; the worker has not said more yet.
+    Starting = 1,
+    /// The worker found the extension (at any version) and runs.
+    Serving = 2,
+    /// The worker found no extension and stopped; it is looked for again when a
+    /// `CREATE EXTENSION` runs in the database, and every few minutes.
+    Absent = 3,
+    /// `max_worker_processes` was used up (or the roster full) when the launcher tried.
+    NoWorkerSlot = 4,
+}
+
+impl State {
+    fn from_u32(v: u32) -> State {
+        match v {
+            1 => State::Starting,
+            2 => State::Serving,
+            3 => State::Absent,
+            4 => State::NoWorkerSlot,
+            _ => State::Wanted,
+        }
+    }
+}
+
+pub struct Slot {
+    /// The database's oid; 0 while the slot is free. Written by the launcher only.
+    database: AtomicU32,
+    /// The delivery worker's pid while it runs, else 0.
+    pid: AtomicI32,
+    state: AtomicU32,
+    /// Bumped by every commit that queued records here: the worker tells a commit that
+    /// queued records from its own wake-ups (new records may sort before where its
+    /// claims resume).
+    rings: AtomicU64,
+    /// Bumped by a `CREATE EXTENSION` here: the launcher looks again.
+    looks_asked: AtomicU64,
+    /// A DROP, RENAME or copy of the database is under way: no worker until then (ms
+    /// since the epoch).
+    paused_until: AtomicU64,
+}
+
+impl Slot {
+    // Only to fill the roster's array at startup (each use is a fresh value).
+    #[allow(clippy::declare_interior_mutable_const)]
+    const FREE: Slot = Slot {
+        database: AtomicU32::new(0),
+        pid: AtomicI32::new(0),
+        state: AtomicU32::new(0),
+        rings: AtomicU64::new(0),
+        looks_asked: AtomicU64::new(0),
+        paused_until: AtomicU64::new(0),
+    };
+
+    pub fn database(&self) -> pg_sys::Oid {
+        pg_sys::Oid::from(self.database.load(Ordering::Acquire))
+    }
+    pub fn state(&self) -> State {
+        State::from_u32(self.state.load(Ordering::Acquire))
+    }
+    pub fn set_state(&self, s: State) {
+        self.state.store(s as u32, Ordering::Release);
+    }
+    pub fn pid(&self) -> i32 {
+        self.pid.load(Ordering::Acquire)
+    }
+    pub fn set_pid(&self, pid: i32) {
+        self.pid.store(pid, Ordering::Release);
+    }
+    /// The worker's pid if that process still runs.
+    pub fn live_pid(&self) -> Option<i32> {
+        let pid = self.pid();
+        (pid > 0 && !unsafe { pg_sys::BackendPidGetProc(pid) }.is_null()).then_some(pid)
+    }
+    pub fn rings(&self) -> u64 {
+        self.rings.load(Ordering::Relaxed)
+    }
+    pub fn looks_asked(&self) -> u64 {
+        self.looks_asked.load(Ordering::Relaxed)
+    }
+    pub fn paused(&self) -> bool {
+        self.paused_until.load(Ordering::Acquire) > now_ms()
+    }
+}
+
+pub struct Roster {
+    launcher_pid: AtomicI32,
+    /// Set once the launcher found more databases than slots (it logs why).
+    full: AtomicBool,
+    slots: [Slot; SLOTS],
+}
+
+// SAFETY: only atomics, valid when zeroed, shared between processes as they are.
+unsafe impl PGRXSharedMemory for Roster {}
+
+static ROSTER: PgAtomic<Roster> = unsafe { PgAtomic::new(c"vitally_sync_roster") };
+
+/// Set in the postmaster when the library is preloaded; every backend inherits it.
+static PRELOADED: AtomicBool = AtomicBool::new(false);
+
+/// Called from `_PG_init` while preloading.
+pub fn init() {
+    PRELOADED.store(true, Ordering::Relaxed);
+    pg_shmem_init!(ROSTER = Roster { launcher_pid: AtomicI32::new(0), full: AtomicBool::new(false), slots: [Slot::FREE; SLOTS] });
+}
+
+pub fn preloaded() -> bool {
+    PRELOADED.load(Ordering::Relaxed)
+}
+
+fn roster() -> Option<&'static Roster> {
+    preloaded().then(|| ROSTER.get())
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// The slot at `index` (the launcher hands it to the worker it starts).
+pub fn slot(index: usize) -> &'static Slot {
+    &ROSTER.get().slots[index]
+}
+
+/// The slot of database `db`, if the launcher gave it one.
+pub fn slot_of(db: pg_sys::Oid) -> Option<&'static Slot> {
+    roster()?.slots.iter().find(|s| s.database() == db)
+}
+
+/// This session's database's slot.
+pub fn own_slot() -> Option<&'static Slot> {
+    slot_of(unsafe { pg_sys::MyDatabaseId })
+}
+
+// ---- the launcher's side ----
+
+pub fn set_launcher_pid(pid: i32) {
+    ROSTER.get().launcher_pid.store(pid, Ordering::Release);
+}
+
+pub fn set_full(full: bool) {
+    ROSTER.get().full.store(full, Ordering::Relaxed);
+}
+
+/// Indexes and databases of the slots in use.
+pub fn assigned() -> Vec<(usize, pg_sys::Oid)> {
+    ROSTER.get().slots.iter().enumerate().filter(|(_, s)| s.database() != pg_sys::InvalidOid).map(|(i, s)| (i, s.database())).collect()
+}
+
+/// Gives database `db` a free slot (state Wanted), or None when all are taken.
+pub fn assign(db: pg_sys::Oid) -> Option<usize> {
+    let slots = &ROSTER.get().slots;
+    let index = slots.iter().position(|s| s.database() == pg_sys::InvalidOid)?;
+    let s = &slots[index];
+    s.set_pid(0);
+    s.set_state(State::Wanted);
+    s.paused_until.store(0, Ordering::Relaxed);
+    s.database.store(db.to_u32(), Ordering::Release);
+    Some(index)
+}
+
+pub fn free(index: usize) {
+    ROSTER.get().slots[index].database.store(0, Ordering::Release);
+}
+
+// ---- any backend's side ----
+
+/// Sets the latch of process `pid`, if it runs.
+fn set_latch(pid: i32) {
+    if pid <= 0 {
+        return;
+    }
+    unsafe {
+        let proc_ = pg_sys::BackendPidGetProc(pid);
+        if !proc_.is_null() {
+            pg_sys::SetLatch(&mut (*proc_).procLatch);
+        }
+    }
+}
+
+/// Wakes the launcher, if it runs.
+pub fn wake_launcher() {
+    if let Some(r) = roster() {
+        set_latch(r.launcher_pid.load(Ordering::Acquire));
+    }
+}
+
+/// Rings this database's doorbell: its worker (if any) wakes and claims.
+pub fn ring() {
+    if let Some(s) = own_slot() {
+        s.rings.fetch_add(1, Ordering::Relaxed);
+        set_latch(s.pid());
+    }
+}
+
+/// Asks the launcher to look at this database again (an extension was created here).
+pub fn ask_for_a_look() {
+    if let Some(s) = own_slot() {
+        s.looks_asked.fetch_add(1, Ordering::Relaxed);
+    }
+    wake_launcher();
+}
+
+/// Stops the worker of database `db` for `for_ms` and waits (up to `wait_ms`) for it
+/// to exit, so that a DROP or RENAME DATABASE finds no other session connected.
+pub fn pause(db: pg_sys::Oid, for_ms: u64, wait_ms: u64) {
+    let Some(s) = slot_of(db) else { return };
+    s.paused_until.store(now_ms() + for_ms, Ordering::Release);
+    let Some(pid) = s.live_pid() else { return };
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = now_ms() + wait_ms;
+    while s.live_pid() == Some(pid) && now_ms() < deadline {
+        unsafe {
+            pg_sys::pg_usleep(10_000);
+        }
+        pgrx::check_for_interrupts!();
+    }
+}
+
+/// Ends a pause early (the statement it was for failed): the launcher starts the worker again.
+pub fn resume(db: pg_sys::Oid) {
+    if let Some(s) = slot_of(db) {
+        s.paused_until.store(0, Ordering::Release);
+        wake_launcher();
+    }
+}
+
+/// The extension was dropped in database `db`: no worker until a `CREATE EXTENSION`.
+pub fn extension_gone(db: pg_sys::Oid) {
+    if let Some(s) = slot_of(db) {
+        s.set_state(State::Absent);
+        s.paused_until.store(0, Ordering::Release);
+    }
+}
+
+/// Whether the launcher gave up on some database for want of slots in the roster.
+pub fn full() -> bool {
+    roster().is_some_and(|r| r.full.load(Ordering::Relaxed))
+}
