@@ -28,6 +28,12 @@ const RETRY_NO_SLOT: Duration = Duration::from_secs(10);
 /// Workers starting at once: a cluster of many databases is looked at a few at a
 /// time, so that the looks never take every worker slot.
 const STARTING_AT_ONCE: usize = 2;
+/// A start older than this no longer counts as starting (a worker may wait long on a
+/// lock of its database while connecting, and must not hold up every other start).
+const STARTING_FOR_AT_MOST: Duration = Duration::from_secs(10);
+/// The longest wait before starting again a worker that keeps failing before it says
+/// anything (a database whose settings make every connection fail, say).
+const LONGEST_BACKOFF: Duration = Duration::from_secs(300);
 
 /// Called from `_PG_init` while preloading.
 pub fn register() {
@@ -76,11 +82,13 @@ struct Kept {
     last_start: Option<Instant>,
     looks_seen: u64,
     warned_no_slot: bool,
+    /// Starts in a row that ended before the worker said anything: the wait doubles.
+    failures: u32,
 }
 
 impl Kept {
     fn new(looks_seen: u64) -> Kept {
-        Kept { handle: None, stopped_at: None, last_start: None, looks_seen, warned_no_slot: false }
+        Kept { handle: None, stopped_at: None, last_start: None, looks_seen, warned_no_slot: false, failures: 0 }
     }
 
     /// Whether the slot's worker runs (or is about to).
@@ -175,11 +183,12 @@ impl Launcher {
         self.warned_full = full;
         roster::set_full(full);
 
-        // Started and not yet saying whether the extension is there.
+        // Started lately and not yet saying whether the extension is there.
         let mut starting = 0;
         for (index, _) in roster::assigned() {
             let slot = roster::slot(index);
-            if slot.state() == State::Starting && self.kept.get_mut(&index).is_some_and(|k| k.running(slot)) {
+            let young = |k: &Kept| k.last_start.is_some_and(|t| t.elapsed() < STARTING_FOR_AT_MOST);
+            if slot.state() == State::Starting && self.kept.get_mut(&index).is_some_and(|k| young(k) && k.running(slot)) {
                 starting += 1;
             }
         }
@@ -188,7 +197,14 @@ impl Launcher {
             let slot = roster::slot(index);
             let kept = self.kept.get_mut(&index).expect("every assigned slot is kept");
             if kept.running(slot) {
+                if slot.state() != State::Starting {
+                    kept.failures = 0;
+                }
                 continue;
+            }
+            if kept.stopped_at.is_none() && slot.state() == State::Starting && kept.last_start.is_some() {
+                // It ended before it said anything: an error at start.
+                kept.failures = kept.failures.saturating_add(1);
             }
             let stopped_at = *kept.stopped_at.get_or_insert_with(Instant::now);
             if slot.paused() || starting >= STARTING_AT_ONCE {
@@ -198,7 +214,8 @@ impl Launcher {
             let since_start = kept.last_start.map_or(Duration::MAX, |t| t.elapsed());
             let due = match slot.state() {
                 State::Wanted => true,
-                State::Starting | State::Serving => stopped_at.elapsed() >= RESTART_AFTER,
+                State::Serving => stopped_at.elapsed() >= RESTART_AFTER,
+                State::Starting => stopped_at.elapsed() >= (RESTART_AFTER * 2u32.saturating_pow(kept.failures.min(8))).min(LONGEST_BACKOFF),
                 // Asked or not, at most one look a second: any role may run CREATE EXTENSION.
                 State::Absent => (asked && since_start >= ASKED_LOOKS_APART) || since_start >= LOOK_AGAIN,
                 State::NoWorkerSlot => (asked && since_start >= ASKED_LOOKS_APART) || since_start >= RETRY_NO_SLOT,
@@ -208,9 +225,10 @@ impl Launcher {
             }
             kept.looks_seen = slot.looks_asked();
             kept.last_start = Some(Instant::now());
+            // Said before the worker can say otherwise.
+            slot.set_state(State::Starting);
             match start_worker(index, db, name) {
                 Some(handle) => {
-                    slot.set_state(State::Starting);
                     kept.handle = Some(handle);
                     kept.stopped_at = None;
                     starting += 1;

@@ -89,6 +89,19 @@ impl Slot {
     pub fn set_pid(&self, pid: i32) {
         self.pid.store(pid, Ordering::Release);
     }
+    /// Makes the slot process `pid`'s, unless another live process has it.
+    pub fn claim_pid(&self, pid: i32) -> bool {
+        loop {
+            let old = self.pid();
+            // kill(0), not the proc array: a worker still connecting is not in it yet.
+            if old > 0 && old != pid && unsafe { libc::kill(old, 0) } == 0 {
+                return false;
+            }
+            if self.pid.compare_exchange(old, pid, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                return true;
+            }
+        }
+    }
     /// The worker's pid if that process still runs.
     pub fn live_pid(&self) -> Option<i32> {
         let pid = self.pid();
@@ -227,6 +240,7 @@ pub fn ask_for_a_look() {
 pub fn pause(db: pg_sys::Oid, for_ms: u64, wait_ms: u64) {
     let Some(s) = slot_of(db) else { return };
     s.paused_until.store(now_ms() + for_ms, Ordering::Release);
+    // A worker that has not claimed the slot yet sees the pause once connected, and leaves.
     let Some(pid) = s.live_pid() else { return };
     unsafe { libc::kill(pid, libc::SIGTERM) };
     let deadline = now_ms() + wait_ms;
@@ -243,14 +257,6 @@ pub fn resume(db: pg_sys::Oid) {
     if let Some(s) = slot_of(db) {
         s.paused_until.store(0, Ordering::Release);
         wake_launcher();
-    }
-}
-
-/// The extension was dropped in database `db`: no worker until a `CREATE EXTENSION`.
-pub fn extension_gone(db: pg_sys::Oid) {
-    if let Some(s) = slot_of(db) {
-        s.set_state(State::Absent);
-        s.paused_until.store(0, Ordering::Release);
     }
 }
 

@@ -37,10 +37,9 @@ pub fn install() {
 
 #[derive(Clone, Copy, PartialEq)]
 enum AtCommit {
-    /// Started again (a rename, a copy, an update).
+    /// Started again (a rename, a copy, an update; after DROP EXTENSION it finds no
+    /// extension and leaves: a savepoint may have undone the drop).
     Restart,
-    /// The extension is gone: none until the next CREATE EXTENSION.
-    ExtensionGone,
     /// The database is gone.
     DatabaseGone,
 }
@@ -110,7 +109,7 @@ unsafe fn classify(stmt: *mut pg_sys::Node) -> Seen {
                     let is_string = !n.is_null() && (*n).type_ == pg_sys::NodeTag::T_String;
                     is_string.then(|| owned_extension(c_str((*(n as *mut pg_sys::String)).sval))).flatten()
                 });
-                alone(ours, AtCommit::ExtensionGone)
+                alone(ours, AtCommit::Restart)
             }
             pg_sys::NodeTag::T_DropdbStmt => {
                 let s = &*(stmt as *mut pg_sys::DropdbStmt);
@@ -156,20 +155,15 @@ unsafe extern "C-unwind" fn before(stmt: *mut pg_sys::Node) {
             pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, at_commit_look_again);
         }
         Seen::NeedsWorkerStopped { db, then } => {
+            // A failed statement (or a cancelled wait) gives the worker back at once; so
+            // does any other at commit (its lock on the database keeps a new worker
+            // waiting until then).
+            pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Abort, move || crate::roster::resume(db));
+            if then == AtCommit::Restart {
+                pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, move || crate::roster::resume(db));
+            }
             let pause = if then == AtCommit::DatabaseGone { DROP_PAUSE_MS } else { PAUSE_MS };
             crate::roster::pause(db, pause, WAIT_FOR_EXIT_MS);
-            // A failed statement gives the worker back at once; so does any other at
-            // commit (its lock on the database keeps a new worker waiting until then).
-            pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Abort, move || crate::roster::resume(db));
-            match then {
-                AtCommit::Restart => {
-                    pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, move || crate::roster::resume(db));
-                }
-                AtCommit::ExtensionGone => {
-                    pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, move || crate::roster::extension_gone(db));
-                }
-                AtCommit::DatabaseGone => {}
-            }
         }
     }
 }

@@ -17,7 +17,7 @@ use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::pg_sys::panic::{ErrorReport, ErrorReportable};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
-use pgrx::PgTryBuilder;
+use pgrx::{PgSqlErrorCode, PgTryBuilder};
 use settings::Settings;
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -58,6 +58,33 @@ fn in_transaction<R>(f: impl FnOnce(&mut SpiClient<'_>) -> Result<R>) -> R {
     result
 }
 
+/// How many times a transaction that lost a deadlock is tried again.
+const DEADLOCK_RETRIES: u32 = 5;
+
+/// As `in_transaction`, for the transactions that write (outcomes, prunes): one that
+/// deadlocks with a user's (a `sync()` taking over records whose outcomes are being
+/// recorded locks the same rows in another order) is tried again. The worker looks for
+/// deadlocks sooner than any session (`deadlock_timeout` is 100 ms here), so it is the
+/// one that gives way, never the user's statement.
+fn in_transaction_retrying<R>(mut f: impl FnMut(&mut SpiClient<'_>) -> Result<R>) -> R {
+    for attempt in 1.. {
+        let done = PgTryBuilder::new(AssertUnwindSafe(|| Some(in_transaction(&mut f))))
+            .catch_when(PgSqlErrorCode::ERRCODE_T_R_DEADLOCK_DETECTED, |e| {
+                if attempt > DEADLOCK_RETRIES {
+                    e.rethrow()
+                }
+                unsafe { pg_sys::AbortCurrentTransaction() };
+                None
+            })
+            .execute();
+        if let Some(r) = done {
+            return r;
+        }
+        log!("vitally_sync worker: gave way in a deadlock with another session; trying again ({attempt})");
+    }
+    unreachable!("the loop returns or rethrows")
+}
+
 /// Sends this process's table statistics to the shared ones, as a backend does when it
 /// goes idle: a background worker never passes through that loop, and without this
 /// autovacuum never saw the queue's churn (n_tup_upd stayed 0 after 320,000 outcomes).
@@ -67,9 +94,13 @@ fn report_stats(force: bool) {
 }
 
 /// The worker runs as a superuser: it resolves names in pg_catalog only (multi-array
-/// `unnest` cannot be schema-qualified).
+/// `unnest` cannot be schema-qualified); and it looks for deadlocks before any user's
+/// session does (default 1 s), so that it is the one to give way.
 fn pin_search_path() {
-    in_transaction(|client| Ok(client.update("SET search_path TO pg_catalog, pg_temp", None, &[]).map(|_| ())?))
+    in_transaction(|client| {
+        client.update("SET search_path TO pg_catalog, pg_temp", None, &[])?;
+        Ok(client.update("SET deadlock_timeout = '100ms'", None, &[]).map(|_| ())?)
+    })
 }
 
 /// The extension in the worker's database, as the worker sees it.
@@ -241,7 +272,9 @@ impl Worker {
             let results: Vec<JobResult> = std::mem::take(&mut self.finished).into_iter().map(|f| f.result).collect();
             // Never into the tables of an extension re-created since the records were claimed.
             let replaced =
-                in_transaction(|client| if still(oid) { crate::queue::record_outcomes(client, &results, &self.settings.retry) } else { Ok(0) });
+                in_transaction_retrying(
+                    |client| if still(oid) { crate::queue::record_outcomes(client, &results, &self.settings.retry) } else { Ok(0) },
+                );
             if replaced > 0 {
                 // Their newer versions may sort before where the claims resume.
                 self.cursors.reset();
@@ -260,7 +293,7 @@ impl Worker {
         let prune_at = if self.in_flight.is_empty() { self.next_prune } else { self.next_prune.max(self.last_prune + PRUNE_EVERY_BUSY) };
         if Instant::now() >= prune_at {
             // Something went: there may be more, so another batch on the next round.
-            let removed = in_transaction(|client| crate::queue::prune(client, self.settings.retention_minutes));
+            let removed = in_transaction_retrying(|client| crate::queue::prune(client, self.settings.retention_minutes));
             self.last_prune = Instant::now();
             self.next_prune = self.last_prune + if removed > 0 { Duration::ZERO } else { PRUNE_EVERY };
         }
@@ -345,13 +378,17 @@ pub extern "C-unwind" fn vitally_sync_worker_main(arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let (index, db) = crate::launcher::decode_argument(arg);
     let slot = crate::roster::slot(index);
-    if slot.database() != db || slot.live_pid().is_some() {
-        // The slot was given to another database, or a worker serves it already.
+    // The slot is this worker's before it connects (connecting may wait on a lock of the
+    // database): never two workers for one database, which would send records twice.
+    if slot.database() != db || !slot.claim_pid(unsafe { pg_sys::MyProcPid }) {
         unsafe { pg_sys::proc_exit(0) };
     }
-    BackgroundWorker::connect_worker_to_spi_by_oid(Some(db), None);
-    slot.set_pid(unsafe { pg_sys::MyProcPid });
     unsafe { pg_sys::on_proc_exit(Some(forget_pid), pg_sys::Datum::from(index)) };
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(db), None);
+    if slot.database() != db || slot.paused() {
+        // Given to another database, or a DROP / RENAME of this one began, while connecting.
+        unsafe { pg_sys::proc_exit(0) };
+    }
     pin_search_path();
     let database = database_name();
     if extension() == Extension::Absent {
@@ -447,7 +484,7 @@ pub extern "C-unwind" fn vitally_sync_worker_main(arg: pg_sys::Datum) {
             }
         }
         let results: Vec<JobResult> = finished.into_iter().map(|f| f.result).collect();
-        in_transaction(|client| crate::queue::record_outcomes(client, &results, &settings.retry));
+        in_transaction_retrying(|client| crate::queue::record_outcomes(client, &results, &settings.retry));
     }
     log!("vitally_sync worker stopped (database \"{database}\")");
     // The launcher starts another unless the extension is gone (or the database).
