@@ -90,7 +90,11 @@ pub fn not_delivering() -> Option<String> {
     };
     match roster::own_slot() {
         Some(s) if s.state() == State::NoWorkerSlot => Some(no_slot()),
-        None if roster::full() => Some(no_slot()),
+        None if roster::full() => Some(format!(
+            "the vitally_sync launcher serves at most {} databases with the extension, and database \"{here}\" may be beyond them: \
+             records queued here may wait; drop the extension where it is not used, or narrow with vitally.database",
+            roster::SLOTS
+        )),
         _ => None,
     }
 }

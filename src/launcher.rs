@@ -80,15 +80,14 @@ struct Kept {
     handle: Option<DynamicBackgroundWorker>,
     stopped_at: Option<Instant>,
     last_start: Option<Instant>,
-    looks_seen: u64,
     warned_no_slot: bool,
     /// Starts in a row that ended before the worker said anything: the wait doubles.
     failures: u32,
 }
 
 impl Kept {
-    fn new(looks_seen: u64) -> Kept {
-        Kept { handle: None, stopped_at: None, last_start: None, looks_seen, warned_no_slot: false, failures: 0 }
+    fn new() -> Kept {
+        Kept { handle: None, stopped_at: None, last_start: None, warned_no_slot: false, failures: 0 }
     }
 
     /// Whether the slot's worker runs (or is about to).
@@ -137,8 +136,14 @@ fn start_worker(slot: usize, db: pg_sys::Oid, name: &str) -> Option<DynamicBackg
 }
 
 struct Launcher {
+    /// Slots: databases with the extension (and the few being looked at).
     kept: HashMap<usize, Kept>,
     warned_full: bool,
+    /// Databases looked at and found without the extension (no slot), and when.
+    absent: HashMap<pg_sys::Oid, Instant>,
+    /// The ring of asks as last seen, and the databases asked for and not looked at yet.
+    asks_seen: [u64; roster::ASKS],
+    asked: std::collections::HashSet<pg_sys::Oid>,
 }
 
 impl Launcher {
@@ -147,7 +152,18 @@ impl Launcher {
         let wanted: HashMap<pg_sys::Oid, String> =
             databases().into_iter().filter(|(_, name)| filter.as_ref().is_none_or(|only| only == name)).collect();
 
+        let asks = roster::asks();
+        for (seen, now) in self.asks_seen.iter_mut().zip(asks) {
+            if *seen != now {
+                self.asked.insert(pg_sys::Oid::from((now & 0xffff_ffff) as u32));
+                *seen = now;
+            }
+        }
+        self.asked.retain(|db| wanted.contains_key(db));
+        self.absent.retain(|db, _| wanted.contains_key(db));
+
         // Dropped, filtered out, made a template: its worker stops, then its slot goes.
+        // A database found without the extension gives its slot back too.
         for (index, db) in roster::assigned() {
             let slot = roster::slot(index);
             let kept = self.kept.entry(index).or_insert_with(|| {
@@ -155,30 +171,56 @@ impl Launcher {
                 if let (Some(pid), Some(name)) = (slot.live_pid(), wanted.get(&db)) {
                     log!("vitally_sync launcher: the worker of database \"{name}\" (pid {pid}) runs on");
                 }
-                Kept::new(slot.looks_asked())
+                Kept::new()
             });
-            if !wanted.contains_key(&db) {
+            let absent = slot.state() == State::Absent;
+            if !wanted.contains_key(&db) || absent {
                 if kept.running(slot) {
-                    kept.stop(slot);
+                    if !absent {
+                        kept.stop(slot);
+                    }
                 } else {
+                    let looked = kept.last_start.unwrap_or_else(Instant::now);
                     roster::free(index);
                     self.kept.remove(&index);
+                    if absent && wanted.contains_key(&db) {
+                        self.absent.insert(db, looked);
+                    }
                 }
             }
         }
+        // Databases not looked at yet, asked for, or due for another look: a slot each,
+        // a few at a time.
         let mut full = false;
+        let mut waiting = roster::assigned().iter().filter(|(i, _)| roster::slot(*i).state() == State::Wanted).count();
         for db in wanted.keys() {
-            if roster::slot_of(*db).is_none() {
-                match roster::assign(*db) {
-                    Some(index) => {
-                        self.kept.insert(index, Kept::new(roster::slot(index).looks_asked()));
-                    }
-                    None => full = true,
+            if roster::slot_of(*db).is_some() || waiting >= STARTING_AT_ONCE {
+                continue;
+            }
+            let due = match self.absent.get(db) {
+                None => true,
+                // Asked or not, at most one look a second: any role may run CREATE EXTENSION.
+                Some(t) => (self.asked.contains(db) && t.elapsed() >= ASKED_LOOKS_APART) || t.elapsed() >= LOOK_AGAIN,
+            };
+            if !due {
+                continue;
+            }
+            match roster::assign(*db) {
+                Some(index) => {
+                    self.kept.insert(index, Kept::new());
+                    self.absent.remove(db);
+                    self.asked.remove(db);
+                    waiting += 1;
                 }
+                None => full = true,
             }
         }
         if full && !self.warned_full {
-            warning!("vitally_sync launcher: more than {} databases to serve; the others are not served until some are dropped", roster::SLOTS);
+            warning!(
+                "vitally_sync launcher: more than {} databases with the extension; the others are not served until some are dropped \
+                 (or narrow with vitally.database)",
+                roster::SLOTS
+            );
         }
         self.warned_full = full;
         roster::set_full(full);
@@ -210,20 +252,20 @@ impl Launcher {
             if slot.paused() || starting >= STARTING_AT_ONCE {
                 continue;
             }
-            let asked = slot.looks_asked() != kept.looks_seen;
+            let asked = self.asked.contains(&db);
             let since_start = kept.last_start.map_or(Duration::MAX, |t| t.elapsed());
             let due = match slot.state() {
                 State::Wanted => true,
                 State::Serving => stopped_at.elapsed() >= RESTART_AFTER,
                 State::Starting => stopped_at.elapsed() >= (RESTART_AFTER * 2u32.saturating_pow(kept.failures.min(8))).min(LONGEST_BACKOFF),
-                // Asked or not, at most one look a second: any role may run CREATE EXTENSION.
-                State::Absent => (asked && since_start >= ASKED_LOOKS_APART) || since_start >= LOOK_AGAIN,
+                // Its slot goes back (above) once the worker is gone.
+                State::Absent => false,
                 State::NoWorkerSlot => (asked && since_start >= ASKED_LOOKS_APART) || since_start >= RETRY_NO_SLOT,
             };
             if !due {
                 continue;
             }
-            kept.looks_seen = slot.looks_asked();
+            self.asked.remove(&db);
             kept.last_start = Some(Instant::now());
             // Said before the worker can say otherwise.
             slot.set_state(State::Starting);
@@ -259,7 +301,8 @@ pub extern "C-unwind" fn vitally_sync_launcher_main(_arg: pg_sys::Datum) {
     BackgroundWorker::connect_worker_to_spi(None, None);
     roster::set_launcher_pid(unsafe { pg_sys::MyProcPid });
     log!("vitally_sync launcher started");
-    let mut launcher = Launcher { kept: HashMap::new(), warned_full: false };
+    let mut launcher =
+        Launcher { kept: HashMap::new(), warned_full: false, absent: HashMap::new(), asks_seen: roster::asks(), asked: Default::default() };
     loop {
         if BackgroundWorker::sighup_received() {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };

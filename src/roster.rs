@@ -55,8 +55,6 @@ pub struct Slot {
     /// queued records from its own wake-ups (new records may sort before where its
     /// claims resume).
     rings: AtomicU64,
-    /// Bumped by a `CREATE EXTENSION` here: the launcher looks again.
-    looks_asked: AtomicU64,
     /// A DROP, RENAME or copy of the database is under way: no worker until then (ms
     /// since the epoch).
     paused_until: AtomicU64,
@@ -70,7 +68,6 @@ impl Slot {
         pid: AtomicI32::new(0),
         state: AtomicU32::new(0),
         rings: AtomicU64::new(0),
-        looks_asked: AtomicU64::new(0),
         paused_until: AtomicU64::new(0),
     };
 
@@ -110,16 +107,21 @@ impl Slot {
     pub fn rings(&self) -> u64 {
         self.rings.load(Ordering::Relaxed)
     }
-    pub fn looks_asked(&self) -> u64 {
-        self.looks_asked.load(Ordering::Relaxed)
-    }
     pub fn paused(&self) -> bool {
         self.paused_until.load(Ordering::Acquire) > now_ms()
     }
 }
 
+/// Looks asked for by `CREATE EXTENSION` and not yet seen by the launcher: a ring of
+/// (sequence << 32 | database oid). A database without the extension has no slot, so
+/// the ask names it here; asks beyond this many between two ticks are lost, and the
+/// launcher's look every few minutes catches those.
+pub const ASKS: usize = 16;
+
 pub struct Roster {
     launcher_pid: AtomicI32,
+    ask_next: AtomicU32,
+    asks: [AtomicU64; ASKS],
     /// Set once the launcher found more databases than slots (it logs why).
     full: AtomicBool,
     slots: [Slot; SLOTS],
@@ -136,7 +138,15 @@ static PRELOADED: AtomicBool = AtomicBool::new(false);
 /// Called from `_PG_init` while preloading.
 pub fn init() {
     PRELOADED.store(true, Ordering::Relaxed);
-    pg_shmem_init!(ROSTER = Roster { launcher_pid: AtomicI32::new(0), full: AtomicBool::new(false), slots: [Slot::FREE; SLOTS] });
+    pg_shmem_init!(
+        ROSTER = Roster {
+            launcher_pid: AtomicI32::new(0),
+            ask_next: AtomicU32::new(0),
+            asks: [const { AtomicU64::new(0) }; ASKS],
+            full: AtomicBool::new(false),
+            slots: [Slot::FREE; SLOTS],
+        }
+    );
 }
 
 pub fn preloaded() -> bool {
@@ -229,10 +239,17 @@ pub fn ring() {
 
 /// Asks the launcher to look at this database again (an extension was created here).
 pub fn ask_for_a_look() {
-    if let Some(s) = own_slot() {
-        s.looks_asked.fetch_add(1, Ordering::Relaxed);
+    if let Some(r) = roster() {
+        let n = r.ask_next.fetch_add(1, Ordering::Relaxed);
+        r.asks[n as usize % ASKS].store(((n as u64) << 32) | unsafe { pg_sys::MyDatabaseId }.to_u32() as u64, Ordering::Release);
     }
     wake_launcher();
+}
+
+/// The ring of asks, as it is now (the launcher compares it with what it saw last).
+pub fn asks() -> [u64; ASKS] {
+    let r = ROSTER.get();
+    std::array::from_fn(|i| r.asks[i].load(Ordering::Acquire))
 }
 
 /// Stops the worker of database `db` for `for_ms` and waits (up to `wait_ms`) for it

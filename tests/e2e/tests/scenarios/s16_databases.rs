@@ -71,14 +71,26 @@ fn every_database_with_the_extension_is_served_and_a_new_one_within_seconds() {
     let mut mallory = c.connect("postgres", "mallory");
     assert_eq!(sql_error(mallory.batch_execute("DROP DATABASE one")).code, "42501");
     assert_eq!(sql_error(mallory.batch_execute("ALTER DATABASE one RENAME TO mine")).code, "42501");
+    assert_eq!(sql_error(mallory.batch_execute("CREATE DATABASE mine TEMPLATE one")).code, "42501");
     assert_eq!(worker_of(&c, "one"), Some(before), "the same worker serves one");
+
+    // A DROP EXTENSION undone by a savepoint: the worker is back, and delivers.
+    one.batch_execute("BEGIN; SAVEPOINT s; DROP EXTENSION vitally_sync; ROLLBACK TO s; COMMIT").unwrap();
+    eventually("one's worker back after the undone drop", Duration::from_secs(10), || worker_of(&c, "one"));
+    one.batch_execute("UPDATE accounts SET seats = -1 WHERE id = 'one-2'").unwrap();
+    assert_eq!(sync_and_wait(&mut one, "accounts", 30), "succeeded");
+    assert_eq!(delivered_from(&vitally, "one"), 11);
 
     // DROP DATABASE of a served one works (its worker would block it) and the rest go on.
     drop(two);
     c.admin("postgres").batch_execute("DROP DATABASE two").unwrap();
     one.batch_execute("UPDATE accounts SET seats = 0 WHERE id = 'one-1'").unwrap();
     assert_eq!(sync_and_wait(&mut one, "accounts", 30), "succeeded");
-    assert_eq!(delivered_from(&vitally, "one"), 11);
+    assert_eq!(delivered_from(&vitally, "one"), 12);
+
+    // The database looked at and left: CREATE EXTENSION there now brings a worker.
+    c.admin("three").batch_execute("CREATE EXTENSION vitally_sync").unwrap();
+    eventually("a worker for three after CREATE EXTENSION", Duration::from_secs(10), || worker_of(&c, "three"));
 
     // So do a rename and a copy: the renamed database is served again, and so is the copy.
     drop(four);
