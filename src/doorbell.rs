@@ -104,10 +104,13 @@ pub fn status() -> String {
     if let Some(why) = not_delivering() {
         return why;
     }
-    if running_pid().is_some() {
-        "running".into()
-    } else {
-        "starting".into()
+    match roster::own_slot() {
+        Some(s) if s.live_pid().is_some() && s.state() == State::WaitingForUpdate => format!(
+            "waiting: the library is vitally_sync {}, the extension here another version; run ALTER EXTENSION vitally_sync UPDATE",
+            env!("CARGO_PKG_VERSION")
+        ),
+        Some(s) if s.live_pid().is_some() => "running".into(),
+        _ => "starting".into(),
     }
 }
 

@@ -256,7 +256,7 @@ impl Launcher {
             let since_start = kept.last_start.map_or(Duration::MAX, |t| t.elapsed());
             let due = match slot.state() {
                 State::Wanted => true,
-                State::Serving => stopped_at.elapsed() >= RESTART_AFTER,
+                State::Serving | State::WaitingForUpdate => stopped_at.elapsed() >= RESTART_AFTER,
                 State::Starting => stopped_at.elapsed() >= (RESTART_AFTER * 2u32.saturating_pow(kept.failures.min(8))).min(LONGEST_BACKOFF),
                 // Its slot goes back (above) once the worker is gone.
                 State::Absent => false,

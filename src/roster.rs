@@ -31,6 +31,8 @@ pub enum State {
     Absent = 3,
     /// `max_worker_processes` was used up (or the roster full) when the launcher tried.
     NoWorkerSlot = 4,
+    /// The worker runs, and found the extension at another version than the library's.
+    WaitingForUpdate = 5,
 }
 
 impl State {
@@ -40,6 +42,7 @@ impl State {
             2 => State::Serving,
             3 => State::Absent,
             4 => State::NoWorkerSlot,
+            5 => State::WaitingForUpdate,
             _ => State::Wanted,
         }
     }

@@ -140,9 +140,21 @@ unsafe fn classify(stmt: *mut pg_sys::Node) -> Seen {
     }
 }
 
+/// Whether our extension exists as the transaction commits (read at pre-commit, while
+/// the catalog can still be read): only then is a look asked for, so that no role can
+/// make the launcher start processes by creating (or failing to create) other extensions.
+static OURS_AT_COMMIT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn before_commit_see_whether_ours_exists() {
+    let exists = unsafe { pg_sys::get_extension_oid(c"vitally_sync".as_ptr(), true) } != pg_sys::InvalidOid;
+    OURS_AT_COMMIT.store(exists, std::sync::atomic::Ordering::Relaxed);
+}
+
 fn at_commit_look_again() {
-    crate::roster::ask_for_a_look();
-    crate::roster::ring();
+    if OURS_AT_COMMIT.swap(false, std::sync::atomic::Ordering::Relaxed) {
+        crate::roster::ask_for_a_look();
+        crate::roster::ring();
+    }
 }
 
 /// What the hook does before the statement runs, in a guarded frame of its own: an
@@ -152,6 +164,7 @@ unsafe extern "C-unwind" fn before(stmt: *mut pg_sys::Node) {
     match unsafe { classify(stmt) } {
         Seen::Nothing => {}
         Seen::Extension => {
+            pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::PreCommit, before_commit_see_whether_ours_exists);
             pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, at_commit_look_again);
         }
         Seen::NeedsWorkerStopped { db, then } => {

@@ -235,7 +235,8 @@ impl Worker {
             return Round::Stop;
         }
         if self.installed.as_ref() != Some(&now) {
-            self.slot.set_state(crate::roster::State::Serving);
+            let waiting = matches!(now, Extension::OtherVersion(_));
+            self.slot.set_state(if waiting { crate::roster::State::WaitingForUpdate } else { crate::roster::State::Serving });
             match &now {
                 Extension::Ours(_) => log!("vitally_sync worker: extension found in database \"{}\"", self.database),
                 Extension::Absent => unreachable!("handled above"),
