@@ -9,7 +9,7 @@ source scripts/env.sh
 bash scripts/setup.sh
 install_extension >/tmp/vitally-reliability-install.log 2>&1 || { cat /tmp/vitally-reliability-install.log; exit 1; }
 status=0
-for scenario in 02_security 06_sync_security 07_delivery 08_durability 11_faults 12_hostile_input 13_elevation 14_new_user; do
+for scenario in 02_security 06_sync_security 07_delivery 08_durability 11_faults 12_hostile_input 13_elevation 14_new_user 16_databases; do
     echo "== $scenario =="
     log="/tmp/vitally-reliability-$scenario.log"
     cargo test -p vitally-e2e --test e2e -- "$scenario" >"$log" 2>&1 || { status=1; echo "FAILED: see $log"; }
