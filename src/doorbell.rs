@@ -5,11 +5,6 @@
 use crate::roster::{self, State};
 use pgrx::prelude::*;
 
-/// How often the doorbell of this database rang since its slot was given.
-pub fn rings(slot: &roster::Slot) -> u64 {
-    slot.rings()
-}
-
 /// Wakes this database's worker (sets its latch) if it runs; safe from any backend.
 pub fn wake() {
     roster::ring();
@@ -28,8 +23,8 @@ pub fn running_pid() -> Option<i32> {
 }
 
 /// The name of this session's database, from the catalog cache (nothing the session
-/// set can change it).
-fn this_database() -> String {
+/// set can change it); within a transaction.
+pub fn this_database() -> String {
     unsafe {
         let name = pg_sys::get_database_name(pg_sys::MyDatabaseId);
         if name.is_null() {
@@ -84,8 +79,8 @@ pub fn not_delivering() -> Option<String> {
         let max = unsafe { pg_sys::max_worker_processes };
         format!(
             "no background worker is free to serve database \"{here}\" (max_worker_processes = {max} is used up): \
-             records queued here wait; raise max_worker_processes (one for each database with the extension, \
-             one for the launcher, plus what parallel queries and other extensions use) and restart the server"
+             records queued here wait; {}",
+            roster::RAISE_MAX_WORKER_PROCESSES
         )
     };
     match roster::own_slot() {

@@ -111,7 +111,7 @@ impl Kept {
 }
 
 /// The delivery worker's argument: its slot and its database in one Datum.
-pub fn worker_argument(slot: usize, db: pg_sys::Oid) -> pg_sys::Datum {
+fn worker_argument(slot: usize, db: pg_sys::Oid) -> pg_sys::Datum {
     pg_sys::Datum::from(((slot as u64) << 32) | db.to_u32() as u64)
 }
 
@@ -138,7 +138,6 @@ fn start_worker(slot: usize, db: pg_sys::Oid, name: &str) -> Option<DynamicBackg
 struct Launcher {
     /// Slots: databases with the extension (and the few being looked at).
     kept: HashMap<usize, Kept>,
-    warned_full: bool,
     /// Databases looked at and found without the extension (no slot), and when.
     absent: HashMap<pg_sys::Oid, Instant>,
     /// The ring of asks as last seen, and the databases asked for and not looked at yet.
@@ -215,14 +214,14 @@ impl Launcher {
                 None => full = true,
             }
         }
-        if full && !self.warned_full {
+        // Said once, when the roster becomes full.
+        if full && !roster::full() {
             warning!(
                 "vitally_sync launcher: more than {} databases with the extension; the others are not served until some are dropped \
                  (or narrow with vitally.database)",
                 roster::SLOTS
             );
         }
-        self.warned_full = full;
         roster::set_full(full);
 
         // Started lately and not yet saying whether the extension is there.
@@ -283,9 +282,9 @@ impl Launcher {
                     if !std::mem::replace(&mut kept.warned_no_slot, true) {
                         warning!(
                             "vitally_sync launcher: no background worker slot for database \"{name}\": max_worker_processes = {} is used up; \
-                             records queued there wait. Raise max_worker_processes (one per database with the extension, one for the \
-                             launcher, plus parallel queries and other extensions) and restart the server",
-                            unsafe { pg_sys::max_worker_processes }
+                             records queued there wait; {}",
+                            unsafe { pg_sys::max_worker_processes },
+                            roster::RAISE_MAX_WORKER_PROCESSES
                         );
                     }
                 }
@@ -301,8 +300,7 @@ pub extern "C-unwind" fn vitally_sync_launcher_main(_arg: pg_sys::Datum) {
     BackgroundWorker::connect_worker_to_spi(None, None);
     roster::set_launcher_pid(unsafe { pg_sys::MyProcPid });
     log!("vitally_sync launcher started");
-    let mut launcher =
-        Launcher { kept: HashMap::new(), warned_full: false, absent: HashMap::new(), asks_seen: roster::asks(), asked: Default::default() };
+    let mut launcher = Launcher { kept: HashMap::new(), absent: HashMap::new(), asks_seen: roster::asks(), asked: Default::default() };
     loop {
         if BackgroundWorker::sighup_received() {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };

@@ -15,6 +15,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// `max_worker_processes` is used up.
 pub const SLOTS: usize = 128;
 
+/// What to do when `max_worker_processes` is used up (the launcher's log line and the
+/// database's `worker_status` both say it).
+pub const RAISE_MAX_WORKER_PROCESSES: &str = "raise max_worker_processes (one per database with the extension, one for the launcher, \
+     plus parallel queries and other extensions) and restart the server";
+
 /// What the launcher knows of a slot's worker.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 #[repr(u32)]
@@ -272,7 +277,8 @@ pub fn pause(db: pg_sys::Oid, for_ms: u64, wait_ms: u64) {
     }
 }
 
-/// Ends a pause early (the statement it was for failed): the launcher starts the worker again.
+/// Ends a pause (its statement failed, or its transaction ended): the launcher starts
+/// the worker again.
 pub fn resume(db: pg_sys::Oid) {
     if let Some(s) = slot_of(db) {
         s.paused_until.store(0, Ordering::Release);

@@ -19,10 +19,9 @@ use std::ffi::CStr;
 
 static mut PREVIOUS: pg_sys::ProcessUtility_hook_type = None;
 
-/// How long a DROP DATABASE keeps the launcher from starting the database's worker
-/// again (it ends at once when the statement fails); other statements end theirs when
-/// their transaction does.
-const DROP_PAUSE_MS: u64 = 60_000;
+/// The longest a statement keeps the launcher from starting the database's worker again:
+/// the pause ends when the statement fails, or when its transaction commits (except
+/// after a DROP DATABASE, when nothing is left to serve).
 const PAUSE_MS: u64 = 60_000;
 /// How long the statement waits for the worker to exit (in-flight requests get 3 s).
 const WAIT_FOR_EXIT_MS: u64 = 5_000;
@@ -175,8 +174,7 @@ unsafe extern "C-unwind" fn before(stmt: *mut pg_sys::Node) {
             if then == AtCommit::Restart {
                 pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, move || crate::roster::resume(db));
             }
-            let pause = if then == AtCommit::DatabaseGone { DROP_PAUSE_MS } else { PAUSE_MS };
-            crate::roster::pause(db, pause, WAIT_FOR_EXIT_MS);
+            crate::roster::pause(db, PAUSE_MS, WAIT_FOR_EXIT_MS);
         }
     }
 }

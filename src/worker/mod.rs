@@ -283,7 +283,7 @@ impl Worker {
         }
         // A commit that queued records may have given them an older time than where the
         // claims resume (a long transaction); so may anything, now and then.
-        let rings = crate::doorbell::rings(self.slot);
+        let rings = self.slot.rings();
         let rang = rings != self.rings;
         if rang || self.cursors_reset.elapsed() >= CURSOR_RESET {
             self.rings = rings;
@@ -434,7 +434,7 @@ pub extern "C-unwind" fn vitally_sync_worker_main(arg: pg_sys::Datum) {
         last_prune: Instant::now(),
         cursors: Cursors::default(),
         cursors_reset: Instant::now(),
-        rings: crate::doorbell::rings(slot),
+        rings: slot.rings(),
         last_claim: Instant::now(),
         claimed_some: false,
     };
@@ -503,8 +503,5 @@ unsafe extern "C-unwind" fn forget_pid(_code: i32, index: pg_sys::Datum) {
 
 /// This worker's database's name, for its log lines.
 fn database_name() -> String {
-    in_transaction(|_| {
-        let name = unsafe { pg_sys::get_database_name(pg_sys::MyDatabaseId) };
-        Ok(if name.is_null() { String::new() } else { unsafe { std::ffi::CStr::from_ptr(name) }.to_string_lossy().into_owned() })
-    })
+    in_transaction(|_| Ok(crate::doorbell::this_database()))
 }

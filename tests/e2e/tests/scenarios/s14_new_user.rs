@@ -156,6 +156,8 @@ fn without_the_preload_everything_but_delivery_works() {
     assert!(!scalar::<bool>(&mut db, "SELECT bool_or(worker_up) FROM vitally.metrics"));
     assert_eq!(scalar::<i64>(&mut db, "SELECT pending FROM vitally.metrics WHERE destination = 'np'"), 5);
     assert!(scalar::<Option<i32>>(&mut db, "SELECT vitally.worker_pid()").is_none());
+    let status: String = scalar(&mut db, "SELECT worker_status FROM vitally.metrics WHERE destination = 'np'");
+    assert!(status.contains("not in shared_preload_libraries"), "{status}");
     assert_eq!(scalar::<i64>(&mut db, "SELECT vitally.retry_failed('np_accounts')"), 0);
     assert_eq!(scalar::<i64>(&mut db, "SELECT vitally.reset('np_accounts')"), 0);
     db.batch_execute(

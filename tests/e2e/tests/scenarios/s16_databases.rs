@@ -130,8 +130,7 @@ fn when_max_worker_processes_is_used_up_it_says_so_and_serves_once_a_slot_frees(
     assert!(c.log().contains("no background worker slot for database"), "a clear log line");
     let metric: String = scalar(&mut dbs[starved], "SELECT worker_status FROM vitally.metrics");
     assert!(metric.contains("raise max_worker_processes"), "{metric}");
-    let warned: Vec<String> = dbs[starved].query("SELECT vitally.sync('accounts')", &[]).map(|_| Vec::new()).unwrap_or_else(|e| vec![e.to_string()]);
-    assert!(warned.is_empty(), "sync() still queues: {warned:?}");
+    dbs[starved].query("SELECT vitally.sync('accounts')", &[]).unwrap_or_else(|e| panic!("sync() still queues: {e}"));
 
     // A served database dropped: its slot goes to the one that waited.
     let served = ["a", "b", "c"][(starved + 1) % 3];
