@@ -8,8 +8,9 @@
 //! user value bound as a parameter, read only columns of built-in types, and run with
 //! every setting that changes how SQL is read pinned (`PINNED`).
 //!
-//! A sync's query, and our SQL that turns its values into JSON (which calls functions
-//! the owner of a type may choose: casts, output functions), run in `sandboxed`: as the
+//! A sync's query, with our SQL that turns its values into JSON in the same statement
+//! (which calls functions the owner of a type may choose: casts, output functions), runs
+//! in `sandboxed`: as the
 //! sync's owner inside a security-restricted operation with a GUC nest level unwound
 //! afterwards, as Postgres runs maintenance as a table's owner, so that it can leave
 //! nothing behind in the caller's session (no setting, temporary table, prepared
@@ -122,24 +123,13 @@ unsafe fn set_all(settings: &[(&CStr, &CStr)]) {
     }
 }
 
-/// What a sandboxed statement is.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Sandboxed {
-    /// The sync's query (wrapped by us): it sees the session's `search_path`.
-    Query,
-    /// Our SQL over values of the query's types: `PINNED` settings.
-    Ours,
-}
-
 /// Runs `f` as `role` inside a security-restricted operation, as Postgres runs
 /// maintenance as a table's owner: the user's code it runs can create no temporary
 /// table or type, prepare nothing, change no role, and every setting it changes
 /// (`set_config(..., false)` too) is undone when `f` returns.
-pub fn sandboxed<R>(role: pg_sys::Oid, what: Sandboxed, f: impl FnOnce() -> R) -> R {
-    let settings = match what {
-        Sandboxed::Query => QUERY_SETTINGS,
-        Sandboxed::Ours => PINNED,
-    };
+/// The SQL we wrap around the query (hashing, JSON) runs in the same statement, so with
+/// the query's `search_path` too: as the sync's owner, it can only mislead itself.
+pub fn sandboxed<R>(role: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     // User first, then the nest level, as Postgres orders them for maintenance.
-    as_user(role, pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION, || with_settings(settings, f))
+    as_user(role, pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION, || with_settings(QUERY_SETTINGS, f))
 }

@@ -8,6 +8,7 @@ use pgrx::prelude::*;
 
 mod api;
 mod catalog;
+mod comparison;
 mod doorbell;
 mod elevation;
 mod errors;

@@ -1,9 +1,11 @@
 //! Planning a run: the sync's query, run as its owner, becomes records in a
 //! temporary table (payload, hash, what is wrong), built by Postgres from the SQL
-//! the planner crate renders. Nothing of the result is held in Rust memory.
+//! the planner crate renders, in one pass that compares each row with what was
+//! delivered as it goes (`comparison.rs`). No row of the result is held in Rust
+//! memory; the hashes of the delivered keys are, for the pass.
 
 use crate::catalog::{DestinationRow, SyncRow};
-use crate::elevation::{as_extension_owner, sandboxed, with_settings, Sandboxed};
+use crate::elevation::{as_extension_owner, sandboxed, with_settings};
 use crate::errors::{report, Result, Row};
 use crate::progress::Progress;
 use crate::queue::Staged;
@@ -11,6 +13,7 @@ use pgrx::pg_sys::panic::{CaughtError, ErrorReport};
 use pgrx::prelude::*;
 use pgrx::PgTryBuilder;
 use vitally_model::{check_pair, Behavior, KeyNeeded, Object};
+use vitally_planner::compare::Against;
 use vitally_planner::{plan, Column, ColumnType, Options, Plan};
 
 /// What a user can get wrong about a sync's definition or query (besides what the
@@ -60,9 +63,6 @@ impl From<PlanningError> for ErrorReport {
         report(code, e.to_string(), hint)
     }
 }
-
-/// The temporary table a run's rows are kept in; dropped at commit at the latest.
-const STAGE: &str = "pg_temp.vitally_stage";
 
 /// What a sync is, checked and resolved against its query's columns.
 pub struct Prepared {
@@ -143,7 +143,7 @@ pub fn describe(sync_name: &str, query: &str, run_as: pg_sys::Oid) -> Result<Vec
     }
     let sql = wrapped(query, " LIMIT 0");
     single_statement(sync_name, &sql)?;
-    let described: Vec<(String, pg_sys::Oid, i32)> = sandboxed(run_as, Sandboxed::Query, || {
+    let described: Vec<(String, pg_sys::Oid, i32)> = sandboxed(run_as, || {
         with_query_errors(sync_name, || {
             Spi::connect(|client| -> Result<_> {
                 let table = client.select(&sql, None, &[])?;
@@ -236,15 +236,18 @@ pub enum Pass {
 /// Builds a run's records in `RECORDS` (`sync_key, hash, payload, error`), returning
 /// how many rows the query gave. Nothing a user chose ever runs as the extension's owner:
 ///
-/// 1. As the extension's owner: the tables of the pass, created empty (`STAGE` with the
-///    query's own column types, `KEYS`, `RECORDS`), the sync's owner allowed to fill them.
-/// 2. Sandboxed as the sync's owner: the query's rows into `STAGE` (key as text, a hash
-///    of the mapped values, the values as they are: no JSON yet, most rows of most runs are
-///    unchanged).
-/// 3. As the extension's owner, over the text and bigint columns only: the keys to build
-///    into `KEYS` (changed since their delivery, or repeated), with how often each repeats.
-/// 4. Sandboxed as the sync's owner: the records (JSON, checks) of those keys' rows into
-///    `RECORDS`; this is where casts and output functions of the user's types run.
+/// 1. As the extension's owner: `RECORDS` and `REPEATS`, created empty, the sync's
+///    owner allowed to fill them; what was delivered for the sync read into memory
+///    (`comparison`), unless every row is to be sent.
+/// 2. Sandboxed as the sync's owner, one statement: the query's rows, each hashed and
+///    compared with what was delivered as it goes by; only rows that changed (new,
+///    invalid) are made into JSON, checked and written. This is where casts and output
+///    functions of the user's types run.
+/// 3. Only if some key appeared more than once (an invalid sync): the rows written for
+///    those keys removed, and every row of them written again by a second run of the
+///    query, so that each becomes an invalid record.
+///    What is wrong with each of those records is said again, knowing how often its
+///    key repeats (as the extension's owner, over `jsonb` and `text` only).
 pub fn stage(sync: &SyncRow, prepared: &Prepared, pass: Pass, progress: &mut Progress) -> Result<Staged> {
     single_statement(&sync.name, &wrapped(&sync.query, ""))?;
     drop_stage()?;
@@ -261,69 +264,70 @@ pub fn stage(sync: &SyncRow, prepared: &Prepared, pass: Pass, progress: &mut Pro
         Pass::Preview { limit } => Some(limit),
         Pass::Run { .. } => None,
     };
-    create_tables(prepared, sync.owner)?;
-    let fill = format!("INSERT INTO {STAGE} {}", prepared.plan.stage_sql(&sync.query, seed, limit));
-    let rows = sandboxed(sync.owner, Sandboxed::Query, || {
-        with_query_errors(&sync.name, || Spi::connect_mut(|client| -> Result<i64> { Ok(client.update(&fill, None, &[])?.len() as i64) }))
-    })?;
-    progress.phase(|| format!("ran the query: {rows} rows"));
-    // Whether some rows may be unchanged: not on a sync's first run (or after a reset).
-    let compare = matches!(pass, Pass::Run { full_resync: false })
-        && as_extension_owner(|| {
-            Spi::connect(|client| {
-                Ok(client
-                    .select("SELECT EXISTS (SELECT FROM vitally.delivery_state WHERE sync_id = $1) AS any", Some(1), &[sync.id.into()])?
-                    .first()
-                    .required::<bool>("any")?)
+    create_tables(sync.owner)?;
+    let against = match (pass, prepared.behavior) {
+        (Pass::Run { full_resync: false }, Behavior::Append) => Against::Keys,
+        (Pass::Run { full_resync: false }, _) => Against::Values,
+        _ => Against::Nothing,
+    };
+    crate::comparison::begin(sync.id, against)?;
+    let fill = format!(
+        "INSERT INTO {RECORDS} (sync_key, hash, payload, error) {}",
+        prepared.plan.records_sql(&sync.query, seed, limit, crate::comparison::ADMIT, &prepared.options)
+    );
+    let run_query = || {
+        sandboxed(sync.owner, || {
+            with_query_errors(&sync.name, || {
+                Spi::connect_mut(|client| -> Result<()> {
+                    client.update(&fill, None, &[])?;
+                    Ok(())
+                })
+            })
+        })
+    };
+    run_query()?;
+    let (repeats, rows) = crate::comparison::repeats();
+    progress.phase(|| format!("ran the query and compared it with what was delivered: {rows} rows"));
+    let repeated = !repeats.is_empty();
+    if repeated {
+        // Rare (the sync is invalid until fixed), so a second run of the query is fine.
+        as_extension_owner(|| {
+            Spi::connect_mut(|client| {
+                client.update(
+                    &format!("DELETE FROM {RECORDS} WHERE pg_catalog.hashtextextended(sync_key, 0) = ANY($1)"),
+                    None,
+                    &[repeats.clone().into()],
+                )?;
+                Ok(())
             })
         })?;
-    let (keys, source) = if compare {
-        // Keys with a row that changed since its delivery, then how many rows each has: a
-        // row identical to what was delivered sends nothing whether its key repeats or
-        // not, and counting every key of a large query cost more than the comparison
-        // itself. A repeated key's unchanged rows become invalid records too.
-        let changed = match prepared.behavior {
-            Behavior::Append => "d.sync_key IS NULL",
-            _ => "d.payload_hash IS DISTINCT FROM c.hash",
-        };
-        (
-            format!(
-                "INSERT INTO {KEYS} (sync_key, n)
-                 SELECT s.sync_key, pg_catalog.count(*) FROM {STAGE} s
-                  WHERE s.sync_key IN (SELECT c.sync_key FROM {STAGE} c
-                                         LEFT JOIN vitally.delivery_state d ON d.sync_id = {id} AND d.sync_key = c.sync_key
-                                        WHERE c.sync_key IS NOT NULL AND {changed})
-                  GROUP BY s.sync_key",
-                id = sync.id
-            ),
-            format!(
-                "SELECT s.*, k.n AS dups FROM {STAGE} s JOIN {KEYS} k ON k.sync_key = s.sync_key
-                 UNION ALL
-                 SELECT s.*, 1 FROM {STAGE} s WHERE s.sync_key IS NULL"
-            ),
-        )
-    } else {
-        // Every row (a first run, full_resync, preview): repeated keys counted over all.
-        (
-            format!(
-                "INSERT INTO {KEYS} (sync_key, n)
-                 SELECT sync_key, pg_catalog.count(*) FROM {STAGE}
-                  WHERE sync_key IS NOT NULL GROUP BY sync_key HAVING pg_catalog.count(*) > 1"
-            ),
-            format!("SELECT s.*, coalesce(k.n, 1) AS dups FROM {STAGE} s LEFT JOIN {KEYS} k ON k.sync_key = s.sync_key"),
-        )
-    };
+        run_query()?;
+        as_extension_owner(|| {
+            Spi::connect_mut(|client| {
+                client.update(
+                    &format!(
+                        "INSERT INTO {REPEATS} (sync_key, n)
+                         SELECT sync_key, pg_catalog.count(*) FROM {RECORDS}
+                          WHERE pg_catalog.hashtextextended(sync_key, 0) = ANY($1) GROUP BY sync_key HAVING pg_catalog.count(*) > 1"
+                    ),
+                    None,
+                    &[repeats.into()],
+                )?;
+                Ok(())
+            })
+        })?;
+    }
+    crate::comparison::finish()?;
     as_extension_owner(|| {
-        // Statistics of the text and bigint columns only: ANALYZE of the others would
-        // call the comparison functions of the user's types.
-        Ok(with_settings(PLANNING_SETTINGS, || Spi::run(&format!("ANALYZE {STAGE} (sync_key, hash); {keys}; ANALYZE {KEYS};")))?)
+        Spi::run(&format!("ANALYZE {RECORDS} (sync_key, hash)"))?;
+        if repeated {
+            with_settings(PLANNING_SETTINGS, || Spi::run(&format!("ANALYZE {REPEATS}; {}", prepared.plan.repeats_sql(RECORDS, REPEATS))))?;
+        }
+        Ok(())
     })?;
-    let build = format!("INSERT INTO {RECORDS} (sync_key, hash, payload, error) {}", prepared.plan.records_sql(&source, &prepared.options));
-    sandboxed(sync.owner, Sandboxed::Ours, || with_query_errors(&sync.name, || with_settings(PLANNING_SETTINGS, || Spi::run(&build))))?;
-    as_extension_owner(|| Ok(Spi::run(&format!("ANALYZE {RECORDS}"))?))?;
     if progress.speaks() {
         let n = as_extension_owner(|| Ok(Spi::get_one::<i64>(&format!("SELECT pg_catalog.count(*) FROM {RECORDS}"))?))?;
-        progress.phase(|| format!("compared with what was delivered: {} rows new, changed or invalid", n.unwrap_or(0)));
+        progress.phase(|| format!("made {} records of rows new, changed or invalid", n.unwrap_or(0)));
     } else {
         progress.phase(String::new);
     }
@@ -339,32 +343,30 @@ pub fn stage(sync: &SyncRow, prepared: &Prepared, pass: Pass, progress: &mut Pro
 
 /// The tables of a pass, owned by the extension's owner (so no other role can alter
 /// them); the sync's owner may only fill and read them.
-fn create_tables(prepared: &Prepared, owner: pg_sys::Oid) -> Result<()> {
-    let stage = prepared.plan.stage_table_sql(STAGE);
+fn create_tables(owner: pg_sys::Oid) -> Result<()> {
     as_extension_owner(|| {
         Spi::run(&format!(
-            "{stage};
-             CREATE TEMP TABLE {KEYS} (sync_key pg_catalog.text, n pg_catalog.int8) ON COMMIT DROP;
+            "CREATE TEMP TABLE {REPEATS} (sync_key pg_catalog.text, n pg_catalog.int8) ON COMMIT DROP;
              CREATE TEMP TABLE {RECORDS} (sync_key pg_catalog.text, hash pg_catalog.int8, payload pg_catalog.jsonb, error pg_catalog.text) ON COMMIT DROP;"
         ))?;
         if !unsafe { pg_sys::superuser_arg(owner) } {
             let role =
                 Spi::get_one_with_args::<String>("SELECT pg_catalog.quote_ident(rolname) FROM pg_catalog.pg_authid WHERE oid = $1", &[owner.into()])?
                     .ok_or(PlanningError::OwnerGone)?;
-            Spi::run(&format!("GRANT SELECT, INSERT ON {STAGE}, {KEYS}, {RECORDS} TO {role}"))?;
+            Spi::run(&format!("GRANT INSERT ON {RECORDS} TO {role}"))?;
         }
         Ok(())
     })
 }
 
-/// The temporary tables of a planning pass: the query's rows, the keys to build (with
-/// how many rows each has), the records.
-const KEYS: &str = "pg_temp.vitally_keys";
+/// The temporary tables of a planning pass: the records, and the keys that repeat
+/// (with how many rows each has).
+const REPEATS: &str = "pg_temp.vitally_keys";
 const RECORDS: &str = "pg_temp.vitally_records";
 
 pub fn drop_stage() -> Result<()> {
     as_extension_owner(|| {
-        for table in [STAGE, KEYS, RECORDS] {
+        for table in [REPEATS, RECORDS] {
             // Looked up first: DROP ... IF EXISTS would tell the user about it in a NOTICE.
             if Spi::get_one::<bool>(&format!("SELECT pg_catalog.to_regclass('{table}') IS NOT NULL"))? == Some(true) {
                 Spi::run(&format!("DROP TABLE {table}"))?;

@@ -98,12 +98,29 @@ pub fn enqueue(client: &mut SpiClient<'_>, staged: &Staged, run_id: i64) -> Resu
     );
     let (sync, run) = (staged.sync_id, run_id);
     let replaces = staged.behavior != Behavior::Append;
+    // A statement that could touch nothing is not run: each reads every staged record.
+    let (pending, failed): (bool, bool) = {
+        let row = client
+            .select(
+                "SELECT EXISTS (SELECT FROM vitally.record WHERE sync_id = $1 AND status = 'pending') AS pending,
+                        EXISTS (SELECT FROM vitally.record WHERE sync_id = $1 AND status = 'failed' AND replaced_at IS NULL) AS failed",
+                Some(1),
+                &[sync.into()],
+            )?
+            .first();
+        (row.required("pending")?, row.required("failed")?)
+    };
     let invalid = client.update(&invalid, None, &[sync.into(), run.into()])?.len() as i64;
-    let replaced = client.update(&replace, None, &[sync.into(), run.into(), replaces.into()])?.first();
-    let left_runs: Vec<i64> = replaced.optional::<Vec<i64>>("left_runs")?.unwrap_or_default();
-    let replaced: i64 = replaced.required("replaced")?;
+    let (replaced, left_runs) = if pending && replaces {
+        let replaced = client.update(&replace, None, &[sync.into(), run.into(), replaces.into()])?.first();
+        (replaced.required::<i64>("replaced")?, replaced.optional::<Vec<i64>>("left_runs")?.unwrap_or_default())
+    } else {
+        (0, Vec::new())
+    };
     let inserted = client.update(&insert, None, &[sync.into(), run.into()])?.len() as i64;
-    client.update(&supersede, None, &[sync.into()])?;
+    if failed {
+        client.update(&supersede, None, &[sync.into()])?;
+    }
     let queued = replaced + inserted;
     client.update(
         "UPDATE vitally.sync_run SET rows_read = $2, records_queued = $3, records_invalid = $4, records_pending = $3,

@@ -9,6 +9,9 @@ use crate::mapping::{Column, ColumnType, Plan, Target};
 /// batch of 100 such records stays under the body sizes web APIs commonly accept.
 pub const MAX_RECORD_BYTES: usize = 512_000;
 
+/// How many arguments a Postgres function takes at most (`FUNC_MAX_ARGS`).
+const MAX_ARGUMENTS: usize = 100;
+
 /// `"name"` with inner quotes doubled.
 pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
@@ -31,14 +34,15 @@ const ISO_UTC: &str = r#"'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'"#;
 /// seconds, a zone), as a regular expression literal.
 const ISO_8601: &str = r"'^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]([.][0-9]+)?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$'";
 
-/// The JSON value of a column, given how to refer to it.
+/// A column's value as an argument of `jsonb_build_object`, which turns it into JSON by
+/// its type as `to_jsonb` would (without a `to_jsonb` call per value: a third faster).
 fn value(reference: &str, ty: ColumnType) -> String {
     let c = reference;
     match ty {
-        ColumnType::TimestampTz => format!("to_jsonb(to_char({c} AT TIME ZONE 'UTC', {ISO_UTC}))"),
-        ColumnType::Timestamp => format!("to_jsonb(to_char({c}, {ISO_UTC}))"),
+        ColumnType::TimestampTz => format!("to_char({c} AT TIME ZONE 'UTC', {ISO_UTC})"),
+        ColumnType::Timestamp => format!("to_char({c}, {ISO_UTC})"),
         ColumnType::Json => format!("({c})::jsonb"),
-        ColumnType::Array | ColumnType::Other => format!("to_jsonb({c})"),
+        ColumnType::Array | ColumnType::Other => c.to_string(),
     }
 }
 
@@ -72,8 +76,8 @@ fn id_list(reference: &str, ty: ColumnType) -> String {
 /// One id (an organization's, an account's, a user's) as a string, whatever its type.
 fn id_value(reference: &str, ty: ColumnType) -> String {
     match ty {
-        ColumnType::Json => format!("to_jsonb((({reference})::jsonb) #>> '{{}}')"),
-        _ => format!("to_jsonb(({reference})::text)"),
+        ColumnType::Json => format!("((({reference})::jsonb) #>> '{{}}')"),
+        _ => format!("({reference})::text"),
     }
 }
 
@@ -126,30 +130,40 @@ impl Plan {
     /// option, a column's type), every record counts as changed.
     pub fn fingerprint(&self, options: &Options) -> String {
         let fields: Vec<String> = self.fields.iter().map(|f| format!("{:?}={}:{:?}", f.target, f.column.name, f.column.ty)).collect();
-        format!("v1|{:?}|{}:{:?}|{}|{:?}", self.object, self.key.name, self.key.ty, fields.join(","), options)
+        format!("v2|{:?}|{}:{:?}|{}|{:?}", self.object, self.key.name, self.key.ty, fields.join(","), options)
     }
 
-    /// The temporary table phase one fills: key, hash, and each kept column with its
-    /// own type, so that no value is turned into anything before it is needed.
-    pub fn stage_table_sql(&self, table: &str) -> String {
-        let mut columns = vec!["sync_key pg_catalog.text".to_string(), "hash pg_catalog.int8".to_string()];
-        columns.extend(self.kept_columns().iter().map(|(c, alias)| format!("{alias} {}", c.sql_type)));
-        format!("CREATE TEMP TABLE {table} ({}) ON COMMIT DROP", columns.join(", "))
-    }
-
-    /// Phase one, run as the sync's owner: per row of the query (or its first
-    /// `limit`), the key, a 64-bit hash of the key and mapped values (`seed` being the
-    /// fingerprint's hash) and those values as they are. No JSON yet: most rows of
-    /// most runs are unchanged, and only changed ones are made into records.
-    pub fn stage_sql(&self, query: &str, seed: i64, limit: Option<i64>) -> String {
-        let limit = limit.map(|n| format!(" LIMIT {n}")).unwrap_or_default();
+    /// The one pass over the sync's query, run as its owner: per row the key, a 64-bit
+    /// hash of the key and mapped values, and, for the rows `admit` lets through only,
+    /// the record as JSON. `admit(seed, key, values...)` hashes the row (`seed` being the
+    /// fingerprint's hash) and returns the hash, or NULL for a row not to be written; it
+    /// sees every row once, before any JSON is made (`OFFSET 0` keeps it so).
+    pub fn records_sql(&self, query: &str, seed: i64, limit: Option<i64>, admit: &str, options: &Options) -> String {
+        let limit = limit.map(|n| format!(" LIMIT {n}")).unwrap_or_else(|| " OFFSET 0".into());
         let key = format!("(q.{})::text", quote_ident(&self.key.name));
         let kept = self.kept_columns();
-        let mut hashed = vec![key.clone()];
-        hashed.extend(kept.iter().map(|(c, _)| canonical(&format!("q.{}", quote_ident(&c.name)), c)));
-        let mut select = vec![format!("{key} AS sync_key"), format!("pg_catalog.hash_record_extended(ROW({}), {seed}) AS hash", hashed.join(", "))];
+        let values: Vec<String> = kept.iter().map(|(c, _)| canonical(&format!("q.{}", quote_ident(&c.name)), c)).collect();
+        let mut hashed = vec![format!("'{seed}'::pg_catalog.int8"), key.clone()];
+        if values.len() + hashed.len() <= MAX_ARGUMENTS {
+            hashed.extend(values);
+        } else {
+            // A function takes at most 100 arguments: many values go as rows of values.
+            hashed.extend(values.chunks(MAX_ARGUMENTS / 2).map(|chunk| format!("ROW({})", chunk.join(", "))));
+        }
+        let mut select = vec![format!("{key} AS sync_key"), format!("{admit}({}) AS hash", hashed.join(", "))];
         select.extend(kept.iter().map(|(c, alias)| format!("q.{} AS {alias}", quote_ident(&c.name))));
-        format!("SELECT {} FROM (\n{query}\n) q{limit}", select.join(", "))
+        // Each layer's OFFSET 0 keeps what it computes (the hash, the payload, its size)
+        // computed once per row.
+        format!(
+            "SELECT p.sync_key, p.hash, p.payload, {validation} AS error \
+             FROM (SELECT r.sync_key, r.hash, r.payload, {bytes} AS bytes, 1 AS dups \
+                   FROM (SELECT s.sync_key, s.hash, {payload} AS payload \
+                         FROM (SELECT {select} FROM (\n{query}\n) q{limit}) s WHERE s.hash IS NOT NULL OFFSET 0) r OFFSET 0) p",
+            validation = self.validation_sql(),
+            bytes = json_bytes("r.payload"),
+            payload = self.payload_sql(options),
+            select = select.join(", "),
+        )
     }
 
     /// The record as `jsonb`, in Vitally's field names, from a stage row `s`.
@@ -164,7 +178,7 @@ impl Plan {
             Object::Event => None,
         };
         if let Some(f) = id_field {
-            top.push((f.into(), "to_jsonb(s.sync_key)".into()));
+            top.push((f.into(), "s.sync_key".into()));
         }
         let mut nested: Vec<(String, String)> = Vec::new();
         for field in &self.fields {
@@ -280,28 +294,32 @@ impl Plan {
         format!("CASE {} END", cases.join(" "))
     }
 
-    /// Phase two, over `source` (stage rows with a `dups` column, already narrowed to
-    /// those that may need sending): `sync_key, hash, payload, error` per row.
-    /// `OFFSET 0` keeps each expression computed once.
-    pub fn records_sql(&self, source: &str, options: &Options) -> String {
+    /// Says again what is wrong with the records of keys that repeat (`repeats`:
+    /// `sync_key, n`), now that it is known how often each does. Only built-in functions
+    /// over `jsonb` and `text`: it runs as the extension's owner.
+    pub fn repeats_sql(&self, records: &str, repeats: &str) -> String {
         format!(
-            "SELECT p.sync_key, p.hash, p.payload, {validation} AS error \
-             FROM (SELECT r.sync_key, r.hash, r.payload, {bytes} AS bytes, r.dups \
-                   FROM (SELECT s.sync_key, s.hash, {payload} AS payload, s.dups FROM ({source}) s OFFSET 0) r OFFSET 0) p",
+            "UPDATE {records} t SET error = v.error \
+             FROM (SELECT p.row, {validation} AS error \
+                   FROM (SELECT r.ctid AS row, r.sync_key, r.payload, {bytes} AS bytes, k.n AS dups \
+                         FROM {records} r JOIN {repeats} k ON k.sync_key = r.sync_key OFFSET 0) p OFFSET 0) v \
+             WHERE t.ctid = v.row",
             validation = self.validation_sql(),
-            payload = self.payload_sql(options),
             bytes = json_bytes("r.payload"),
         )
     }
 }
 
-/// The length of a freshly built (so uncompressed) `jsonb` value as JSON text, worked
-/// out only where it could exceed the limit: turning a million records into text took a
-/// second. The text of a `jsonb` is at most about six times its binary size (a string of
-/// control characters, each written `\u00XX`), so below an eighth of the limit it cannot
-/// be over it.
+/// The length of a `jsonb` value as JSON text, worked out only where it could exceed
+/// the limit: turning a million records into text took a second. The text of a `jsonb`
+/// is at most about six times its binary size (a string of control characters, each
+/// written `\u00XX`), so an uncompressed value below an eighth of the limit cannot be
+/// over it; a compressed one is measured.
 fn json_bytes(jsonb: &str) -> String {
-    format!("(CASE WHEN pg_column_size({jsonb}) > {} THEN octet_length(({jsonb})::text) ELSE 0 END)", MAX_RECORD_BYTES / 8)
+    format!(
+        "(CASE WHEN pg_column_compression({jsonb}) IS NOT NULL OR pg_column_size({jsonb}) > {} THEN octet_length(({jsonb})::text) ELSE 0 END)",
+        MAX_RECORD_BYTES / 8
+    )
 }
 
 fn describe_all(columns: &[String]) -> String {
@@ -337,6 +355,8 @@ mod tests {
         let p = plan(Object::Organization, crate::definition::Behavior::Upsert, "id", &columns, None).unwrap();
         let sql = p.payload_sql(&Options::default());
         assert_eq!(sql.matches("jsonb_build_object(").count(), 1 + 3, "one for the top level, three for 120 traits");
+        let sql = p.records_sql("SELECT 1", 0, None, "admit", &Options::default());
+        assert_eq!(sql.matches("ROW(").count(), 3, "121 values hashed as three rows: a function takes at most 100 arguments");
     }
 
     #[test]
@@ -355,7 +375,7 @@ mod tests {
     #[test]
     fn the_query_cannot_swallow_the_closing_parenthesis_with_a_comment() {
         let p = plan(Object::Organization, crate::definition::Behavior::Upsert, "id", &[col("id", ColumnType::Other)], None).unwrap();
-        let sql = p.stage_sql("SELECT 1 AS id -- trailing comment", 7, None);
+        let sql = p.records_sql("SELECT 1 AS id -- trailing comment", 7, None, "admit", &Options::default());
         assert!(sql.contains("-- trailing comment\n) q"));
     }
 
@@ -371,8 +391,8 @@ mod tests {
             None,
         )
         .unwrap();
-        let sql = p.stage_sql("SELECT 1", 3, None);
-        assert!(sql.contains("pg_catalog.hash_record_extended(ROW((q.\"id\")::text, (q.\"spot\")::text, (q.\"doc\")::jsonb), 3)"), "{sql}");
+        let sql = p.records_sql("SELECT 1", 3, None, "admit", &Options::default());
+        assert!(sql.contains("admit('3'::pg_catalog.int8, (q.\"id\")::text, (q.\"spot\")::text, (q.\"doc\")::jsonb)"), "{sql}");
     }
 
     #[test]
@@ -381,7 +401,7 @@ mod tests {
         let m = serde_json::json!({"traits.a": "name", "traits.b": "name"});
         let p = plan(Object::Account, crate::definition::Behavior::Upsert, "id", &columns, Some(&m)).unwrap();
         assert_eq!(p.kept_columns().len(), 1);
-        assert!(p.stage_sql("SELECT 1", 0, None).contains("q.\"name\" AS c1"));
+        assert!(p.records_sql("SELECT 1", 0, None, "admit", &Options::default()).contains("q.\"name\" AS c1"));
     }
 
     #[test]

@@ -8,6 +8,7 @@ crate::trials!("06_sync_security":
     a_role_sees_and_runs_only_its_own_syncs,
     a_query_reads_only_what_its_owner_may_read,
     a_superuser_running_a_roles_sync_gains_it_nothing,
+    the_per_row_comparison_is_ours_and_leaves_nothing_behind,
 );
 
 fn setup(db_name: &str, roles: &[&str]) -> postgres::Client {
@@ -94,4 +95,32 @@ fn a_superuser_running_a_roles_sync_gains_it_nothing() {
     admin.batch_execute("GRANT SELECT ON private_accounts TO ss_dave").unwrap();
     let run: i64 = scalar(&mut admin, "SELECT vitally.sync('s')");
     assert!(run > 0);
+}
+
+/// The comparison the query calls per row is `pg_temp.vitally_admit`, made by the
+/// extension for one call: a function of that name the caller left in its temporary
+/// schema is dropped first, never called (it would run inside our pass), and nothing is
+/// left after the call, also when the caller's search_path puts its own schema first.
+fn the_per_row_comparison_is_ours_and_leaves_nothing_behind() {
+    let mut admin = setup("ssec_admit", &["sa_mallory"]);
+    admin.batch_execute("CREATE SCHEMA mallory_fns AUTHORIZATION sa_mallory; GRANT CREATE ON SCHEMA public TO sa_mallory").unwrap();
+    let mut mallory = cluster().connect("ssec_admit", "sa_mallory");
+    own_destination(&mut mallory, "m_d");
+    mallory
+        .batch_execute(
+            "CREATE TABLE mallory_seen (n int);
+             CREATE TABLE mallory_rows (id text, name text); INSERT INTO mallory_rows VALUES ('1', 'a');
+             CREATE FUNCTION pg_temp.vitally_admit(int8, VARIADIC text[]) RETURNS int8
+                 LANGUAGE plpgsql AS 'BEGIN INSERT INTO public.mallory_seen VALUES (1); RETURN 1; END';
+             SET search_path = mallory_fns, public, pg_catalog;
+             SELECT vitally.create_sync('m_s', 'm_d', 'account', 'upsert', 'SELECT * FROM mallory_rows', 'id');",
+        )
+        .unwrap();
+    let run: i64 = scalar(&mut mallory, "SELECT vitally.sync('m_s')");
+    let queued: i64 = scalar(&mut mallory, &format!("SELECT records_queued FROM vitally.sync_runs WHERE id = {run}"));
+    assert_eq!(queued, 1);
+    let seen: i64 = scalar(&mut mallory, "SELECT count(*) FROM mallory_seen");
+    assert_eq!(seen, 0, "the caller's function was never called");
+    let left: i64 = scalar(&mut mallory, "SELECT count(*) FROM pg_proc WHERE proname = 'vitally_admit'");
+    assert_eq!(left, 0, "nothing is left after the call");
 }

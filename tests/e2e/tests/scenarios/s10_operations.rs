@@ -348,8 +348,8 @@ fn a_long_sync_reports_progress_and_a_quick_one_is_quiet() {
     db.batch_execute("SELECT vitally.sync('slow')").unwrap();
     let slow: Vec<String> = notices.lock().unwrap().drain(..).filter(|n| n.starts_with("vitally.sync")).collect();
     assert_eq!(slow.len(), 3, "one NOTICE per phase: {slow:?}");
-    assert!(slow[0].starts_with("vitally.sync('slow'): ran the query: 3 rows in "), "{}", slow[0]);
-    assert!(slow[1].starts_with("vitally.sync('slow'): compared with what was delivered: 3 rows new, changed or invalid in "), "{}", slow[1]);
+    assert!(slow[0].starts_with("vitally.sync('slow'): ran the query and compared it with what was delivered: 3 rows in "), "{}", slow[0]);
+    assert!(slow[1].starts_with("vitally.sync('slow'): made 3 records of rows new, changed or invalid in "), "{}", slow[1]);
     assert!(slow[2].starts_with("vitally.sync('slow'): queued 3 records, 0 invalid, 0 unchanged; run "), "{}", slow[2]);
 }
 

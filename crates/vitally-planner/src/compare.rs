@@ -1,0 +1,255 @@
+//! The comparison with what was delivered, made row by row while the sync's query
+//! runs: which rows may need sending, and which keys repeat.
+//!
+//! Postgres calls `admit` once per row of the query (through a function of the
+//! extension's, see `src/comparison.rs`), with a 64-bit hash of the row's key and the
+//! hash of its mapped values. Only admitted rows are made into JSON and written, so an
+//! unchanged row of a re-run costs a hash lookup, not a write and a join.
+//!
+//! Keys are compared by hash. Two keys with one hash (about 1 in 30 million for a
+//! million keys) share an entry: then a row is admitted when it need not be (sent
+//! again, harmless) or taken for a repeat (checked again by text, see `repeated`).
+//! A row is never taken for unchanged unless its 64-bit values hash equals what was
+//! delivered for its key, as before this module.
+
+/// What was delivered: key hash to values hash, in one array probed linearly, so a
+/// lookup touches one place in memory (a general hash map touches two, and a million
+/// keys do not fit in a cache: a lookup costs its misses).
+#[derive(Default)]
+struct Delivered {
+    slots: Vec<(i64, i64)>,
+    len: usize,
+    /// The entry of key hash 0, which marks an empty slot.
+    zero: Option<i64>,
+}
+
+impl Delivered {
+    fn insert(&mut self, key: i64, hash: i64) {
+        if key == 0 {
+            self.zero = Some(hash);
+            return;
+        }
+        if (self.len + 1) * 2 > self.slots.len() {
+            self.grow();
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = key as usize & mask;
+        loop {
+            match self.slots[i].0 {
+                0 => {
+                    self.slots[i] = (key, hash);
+                    self.len += 1;
+                    return;
+                }
+                k if k == key => {
+                    self.slots[i].1 = hash;
+                    return;
+                }
+                _ => i = (i + 1) & mask,
+            }
+        }
+    }
+
+    fn get(&self, key: i64) -> Option<i64> {
+        if key == 0 {
+            return self.zero;
+        }
+        if self.slots.is_empty() {
+            return None;
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = key as usize & mask;
+        loop {
+            match self.slots[i] {
+                (0, _) => return None,
+                (k, hash) if k == key => return Some(hash),
+                _ => i = (i + 1) & mask,
+            }
+        }
+    }
+
+    fn grow(&mut self) {
+        let size = (self.slots.len() * 2).max(1024);
+        let old = std::mem::replace(&mut self.slots, vec![(0, 0); size]);
+        self.len = 0;
+        for (key, hash) in old.into_iter().filter(|(k, _)| *k != 0) {
+            self.insert(key, hash);
+        }
+    }
+}
+
+/// What a row is compared with.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Against {
+    /// Nothing (a first run, `full_resync`, a preview): every row is admitted.
+    Nothing,
+    /// The hash of what was delivered per key: a row whose values hash differs (or whose
+    /// key was never delivered) is admitted.
+    Values,
+    /// Only whether a key was delivered (events: each is sent once, ever).
+    Keys,
+}
+
+/// What a pass admits.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Pass {
+    /// The first: rows that changed.
+    Changes,
+    /// The second, only when keys repeated: every row of those keys.
+    Repeats,
+}
+
+/// One planning pass's comparison.
+pub struct Comparison {
+    against: Against,
+    delivered: Delivered,
+    /// The key hash of every row of the first pass, to find repeats, and of those
+    /// admitted (when not all are).
+    keys: Vec<i64>,
+    changed: Vec<i64>,
+    repeated: Vec<i64>,
+    pass: Pass,
+    rows: i64,
+}
+
+impl Comparison {
+    pub fn new(against: Against) -> Comparison {
+        Comparison {
+            against,
+            delivered: Delivered::default(),
+            keys: Vec::new(),
+            changed: Vec::new(),
+            repeated: Vec::new(),
+            pass: Pass::Changes,
+            rows: 0,
+        }
+    }
+
+    /// What was delivered for a key.
+    pub fn delivered(&mut self, key: i64, hash: i64) {
+        self.delivered.insert(key, hash);
+    }
+
+    /// Whether the row with this key hash (`None`: the key is NULL) and values hash is
+    /// written. A row whose key is NULL always is: it becomes an invalid record.
+    pub fn admit(&mut self, key: Option<i64>, hash: i64) -> bool {
+        match self.pass {
+            Pass::Repeats => key.is_some_and(|k| self.repeated.binary_search(&k).is_ok()),
+            Pass::Changes => {
+                self.rows += 1;
+                let Some(key) = key else { return true };
+                self.keys.push(key);
+                let admitted = match self.against {
+                    Against::Nothing => true,
+                    Against::Values => self.delivered.get(key) != Some(hash),
+                    Against::Keys => self.delivered.get(key).is_none(),
+                };
+                if admitted && self.against != Against::Nothing {
+                    self.changed.push(key);
+                }
+                admitted
+            }
+        }
+    }
+
+    /// How many rows the first pass saw.
+    pub fn rows(&self) -> i64 {
+        self.rows
+    }
+
+    /// Ends the first pass: the hashes of keys seen more than once with a row that
+    /// changed, sorted (a repeat identical to what was delivered sends nothing, as it
+    /// would alone). When there are any, a second pass writes every row of those keys
+    /// (the first wrote only the changed ones, and a repeated key's rows are all
+    /// invalid), after the caller has removed the rows the first wrote for them.
+    pub fn repeats(&mut self) -> &[i64] {
+        let mut keys = std::mem::take(&mut self.keys);
+        keys.sort_unstable();
+        let mut repeated: Vec<i64> = keys.windows(2).filter(|w| w[0] == w[1]).map(|w| w[0]).collect();
+        repeated.dedup();
+        if self.against != Against::Nothing {
+            let mut changed = std::mem::take(&mut self.changed);
+            changed.sort_unstable();
+            repeated.retain(|k| changed.binary_search(k).is_ok());
+        }
+        self.delivered = Delivered::default();
+        self.repeated = repeated;
+        self.pass = Pass::Repeats;
+        &self.repeated
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_are_admitted_when_their_values_changed_or_their_key_is_new() {
+        let mut c = Comparison::new(Against::Values);
+        c.delivered(1, 10);
+        c.delivered(2, 20);
+        assert!(!c.admit(Some(1), 10), "unchanged");
+        assert!(c.admit(Some(2), 21), "changed");
+        assert!(c.admit(Some(3), 30), "new");
+        assert!(c.admit(None, 40), "a NULL key becomes an invalid record");
+        c.delivered(0, 5);
+        assert!(!c.admit(Some(0), 5), "key hash 0 is a key like any other");
+        assert_eq!(c.rows(), 5);
+        assert!(c.repeats().is_empty());
+    }
+
+    #[test]
+    fn many_keys_are_found_again_after_the_table_grows() {
+        let mut c = Comparison::new(Against::Values);
+        let key = |i: i64| i.wrapping_mul(0x9E37_79B9_7F4A_7C15u64 as i64);
+        (0..5000).for_each(|i| c.delivered(key(i), i));
+        assert!((0..5000).all(|i| !c.admit(Some(key(i)), i)));
+        assert!((5000..6000).all(|i| c.admit(Some(key(i)), i)));
+    }
+
+    #[test]
+    fn events_are_admitted_once_ever_whatever_their_values() {
+        let mut c = Comparison::new(Against::Keys);
+        c.delivered(1, 10);
+        assert!(!c.admit(Some(1), 11));
+        assert!(c.admit(Some(2), 10));
+    }
+
+    #[test]
+    fn without_a_comparison_every_row_is_admitted() {
+        let mut c = Comparison::new(Against::Nothing);
+        c.delivered(1, 10);
+        assert!(c.admit(Some(1), 10));
+    }
+
+    #[test]
+    fn a_repeated_key_with_a_changed_row_has_all_its_rows_admitted_again() {
+        let mut c = Comparison::new(Against::Values);
+        c.delivered(7, 70);
+        c.delivered(9, 90);
+        assert!(!c.admit(Some(7), 70));
+        assert!(!c.admit(Some(7), 70), "an identical repeat of what was delivered sends nothing");
+        assert!(!c.admit(Some(9), 90));
+        assert!(c.admit(Some(9), 91));
+        assert!(c.admit(Some(8), 80));
+        assert!(c.admit(Some(5), 1));
+        assert!(c.admit(Some(5), 2));
+        assert!(c.admit(Some(5), 3));
+        assert_eq!(c.repeats(), &[5, 9]);
+        // The second pass: every row of 5 and 9, nothing else, and rows are not counted again.
+        assert!(c.admit(Some(9), 90));
+        assert!(c.admit(Some(5), 1));
+        assert!(!c.admit(Some(7), 70));
+        assert!(!c.admit(Some(8), 80));
+        assert!(!c.admit(None, 0));
+        assert_eq!(c.rows(), 8);
+    }
+
+    #[test]
+    fn without_a_comparison_every_repeat_counts() {
+        let mut c = Comparison::new(Against::Nothing);
+        assert!(c.admit(Some(7), 70));
+        assert!(c.admit(Some(7), 70));
+        assert_eq!(c.repeats(), &[7]);
+    }
+}

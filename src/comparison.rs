@@ -1,0 +1,208 @@
+//! The comparison with what was delivered, inside the query's own pass: Postgres calls
+//! `admit` once per row of the sync's query, and only the rows it lets through are made
+//! into JSON and written (the logic: `vitally_planner::compare`).
+//!
+//! The sync's query runs as its owner, who need not be able to use schema `vitally`,
+//! so the pass calls `admit` as `pg_temp.vitally_admit`, a function the extension's
+//! owner creates for the pass and drops after it. What it consults lives in this
+//! backend's memory for the pass only (about 50 bytes a key) and is dropped when the
+//! pass ends or its transaction does.
+
+use crate::elevation::{as_extension_owner, with_settings};
+use crate::errors::Result;
+use pgrx::prelude::*;
+use std::cell::RefCell;
+use vitally_planner::compare::{Against, Comparison};
+
+thread_local! {
+    static CURRENT: RefCell<Option<Comparison>> = const { RefCell::new(None) };
+}
+
+/// The function the pass calls, as `pg_temp.vitally_admit(seed, key, values...)`.
+pub const ADMIT: &str = "pg_temp.vitally_admit";
+
+/// What `vitally_admit` keeps between calls of one statement (in `fn_extra`): the hash
+/// function of each argument's type.
+#[repr(C)]
+struct Hashers {
+    n: usize,
+    procs: [pg_sys::FmgrInfo; pg_sys::FUNC_MAX_ARGS as usize],
+}
+
+/// A call of a two-argument function, laid out as Postgres's `LOCAL_FCINFO(fcinfo, 2)`.
+#[repr(C)]
+struct Call2 {
+    base: pg_sys::FunctionCallInfoBaseData,
+    args: [pg_sys::NullableDatum; 2],
+}
+const _: () = assert!(std::mem::offset_of!(pg_sys::FunctionCallInfoBaseData, args) == std::mem::size_of::<pg_sys::FunctionCallInfoBaseData>());
+
+/// What a NULL value adds to a row's hash.
+const NULL_HASH: u64 = 0x5bd1_e995_9e37_79b9;
+
+#[no_mangle]
+pub extern "C" fn pg_finfo_vitally_admit() -> &'static pg_sys::Pg_finfo_record {
+    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1
+}
+
+/// `vitally_admit(seed int8, key text, VARIADIC "any") RETURNS int8`, called once per
+/// row of the query: the row's hash (of the key and the values, each by its type's own
+/// extended hash function, combined as `hash_record_extended` does, without building
+/// a row value first: that took most of an unchanged re-run), or NULL when the row is
+/// not to be written (unchanged; in the second pass, not of a repeated key).
+///
+/// No guard: the per-row path calls no Postgres function that we wrap, only the types'
+/// hash functions, straight through their pointers (an error in one of those, a
+/// user's type's, unwinds past frames that hold nothing to drop).
+///
+/// # Safety
+/// Called by Postgres's fmgr, with at least two arguments, the first a non-NULL int8.
+#[no_mangle]
+pub unsafe extern "C-unwind" fn vitally_admit(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    let flinfo = (*fcinfo).flinfo;
+    if (*flinfo).fn_extra.is_null() {
+        (*flinfo).fn_extra = hashers(flinfo, (*fcinfo).nargs as usize).cast();
+    }
+    let hashers = &mut *((*flinfo).fn_extra as *mut Hashers);
+    let args = (*fcinfo).args.as_slice((*fcinfo).nargs as usize);
+    let seed = args[0].value.value() as u64;
+    let mut hash: u64 = 0;
+    for (i, arg) in args.iter().enumerate().skip(1) {
+        let element = if arg.isnull { NULL_HASH } else { call(&mut hashers.procs[i], arg.value, seed) };
+        hash = (hash << 5).wrapping_sub(hash).wrapping_add(element);
+    }
+    let key = if args[1].isnull { None } else { Some(call(&mut hashers.procs[1], args[1].value, 0) as i64) };
+    let admitted = CURRENT.with_borrow_mut(|current| match current {
+        Some(c) => c.admit(key, hash as i64),
+        None => true,
+    });
+    if admitted {
+        pg_sys::Datum::from(hash as i64)
+    } else {
+        (*fcinfo).isnull = true;
+        pg_sys::Datum::from(0)
+    }
+}
+
+/// A type's extended hash function called on a value, in the default collation: a
+/// change of case is a change, whatever collation the column has.
+unsafe fn call(proc: &mut pg_sys::FmgrInfo, value: pg_sys::Datum, seed: u64) -> u64 {
+    let mut c: Call2 = std::mem::zeroed();
+    c.base.flinfo = proc;
+    c.base.fncollation = pg_sys::DEFAULT_COLLATION_OID;
+    c.base.nargs = 2;
+    c.args[0] = pg_sys::NullableDatum { value, isnull: false };
+    c.args[1] = pg_sys::NullableDatum { value: pg_sys::Datum::from(seed as i64), isnull: false };
+    let f = proc.fn_addr.expect("a hash function");
+    let result = f(&mut c.base);
+    if c.base.isnull {
+        NULL_HASH
+    } else {
+        result.value() as u64
+    }
+}
+
+/// The hash functions of the arguments' types, looked up once per statement.
+#[pg_guard]
+unsafe extern "C-unwind" fn hashers(flinfo: *mut pg_sys::FmgrInfo, nargs: usize) -> *mut Hashers {
+    let hashers = pg_sys::MemoryContextAllocZero((*flinfo).fn_mcxt, std::mem::size_of::<Hashers>()) as *mut Hashers;
+    (*hashers).n = nargs;
+    for i in 1..nargs {
+        let ty = pg_sys::get_fn_expr_argtype(flinfo, i as i32);
+        let entry = pg_sys::lookup_type_cache(ty, pg_sys::TYPECACHE_HASH_EXTENDED_PROC as i32);
+        if entry.is_null() || (*entry).hash_extended_proc == pg_sys::InvalidOid {
+            error!("vitally_admit: type {} has no extended hash function", ty.to_u32());
+        }
+        pg_sys::fmgr_info_cxt((*entry).hash_extended_proc, &mut (*hashers).procs[i], (*flinfo).fn_mcxt);
+    }
+    hashers
+}
+
+/// Starts a pass of sync `sync_id`: reads what was delivered for it (unless `against`
+/// is `Nothing`) and creates the function the pass calls.
+pub fn begin(sync_id: i64, against: Against) -> Result<()> {
+    let mut comparison = Comparison::new(against);
+    if against != Against::Nothing {
+        load(sync_id, &mut comparison)?;
+    }
+    CURRENT.with_borrow_mut(|current| *current = Some(comparison));
+    // Dropped with the transaction if the pass fails (the function too: it is created in it).
+    pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Abort, end);
+    pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, end);
+    as_extension_owner(|| {
+        // One left by the caller (a function of the same name, made before calling us)
+        // is dropped, so that the pass only ever calls ours.
+        drop_function()?;
+        Spi::run(
+            "CREATE FUNCTION pg_temp.vitally_admit(pg_catalog.int8, VARIADIC \"any\") RETURNS pg_catalog.int8
+                 LANGUAGE c VOLATILE PARALLEL UNSAFE CALLED ON NULL INPUT AS '$libdir/vitally_sync', 'vitally_admit'",
+        )?;
+        Ok(())
+    })
+}
+
+/// Drops every function named `vitally_admit` in this session's temporary schema: ours
+/// left by the pass, or any the caller made (another overload would be chosen over ours
+/// for arguments it matches better).
+fn drop_function() -> Result<()> {
+    let found = Spi::get_one::<Vec<String>>(
+        "SELECT pg_catalog.array_agg(p.oid::pg_catalog.regprocedure::pg_catalog.text) FROM pg_catalog.pg_proc p
+          WHERE p.proname = 'vitally_admit' AND p.pronamespace = pg_catalog.pg_my_temp_schema()",
+    )?;
+    for function in found.unwrap_or_default() {
+        Spi::run(&format!("DROP FUNCTION {function}"))?;
+    }
+    Ok(())
+}
+
+/// What was delivered for the sync, as (key hash, values hash), a batch at a time.
+fn load(sync_id: i64, comparison: &mut Comparison) -> Result<()> {
+    // Planned for all its rows, not the first tenth (a cursor's default): a sync's keys
+    // are most of the table more often than not, and then a sequential scan is cheaper.
+    as_extension_owner(|| {
+        with_settings(&[(c"cursor_tuple_fraction", c"1")], || {
+            Spi::connect(|client| {
+                let mut cursor = client.try_open_cursor(
+                    "SELECT pg_catalog.hashtextextended(sync_key, 0), payload_hash FROM vitally.delivery_state WHERE sync_id = $1",
+                    &[sync_id.into()],
+                )?;
+                loop {
+                    let batch = cursor.fetch(10_000)?;
+                    if batch.is_empty() {
+                        return Ok(());
+                    }
+                    // Read straight from each tuple: two int8 columns, never NULL (both come
+                    // from NOT NULL columns), so at the start of its data, 8-byte aligned.
+                    unsafe {
+                        let table = pg_sys::SPI_tuptable;
+                        for i in 0..batch.len() {
+                            let header = (*(*(*table).vals.add(i))).t_data;
+                            let data = (header as *const u8).add((*header).t_hoff as usize) as *const i64;
+                            comparison.delivered(*data, *data.add(1));
+                        }
+                    }
+                }
+            })
+        })
+    })
+}
+
+/// Ends the first pass: the hashes of keys that repeated (the second pass, if any,
+/// admits every row of those), and how many rows the query gave.
+pub fn repeats() -> (Vec<i64>, i64) {
+    CURRENT.with_borrow_mut(|current| match current {
+        Some(c) => (c.repeats().to_vec(), c.rows()),
+        None => (Vec::new(), 0),
+    })
+}
+
+/// Ends the pass: the function and what it consulted are gone.
+pub fn finish() -> Result<()> {
+    end();
+    as_extension_owner(drop_function)
+}
+
+fn end() {
+    CURRENT.with_borrow_mut(|current| *current = None);
+}
