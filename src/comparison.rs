@@ -57,9 +57,15 @@ pub extern "C" fn pg_finfo_vitally_admit() -> &'static pg_sys::Pg_finfo_record {
 /// user's type's, unwinds past frames that hold nothing to drop).
 ///
 /// # Safety
-/// Called by Postgres's fmgr, with at least two arguments, the first a non-NULL int8.
+/// Called by Postgres's fmgr, as declared in `begin` (the first argument an int8).
 #[no_mangle]
 pub unsafe extern "C-unwind" fn vitally_admit(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    // Called by hand (the query may call it) with too few arguments: nothing to hash.
+    // A panic here would unwind into Postgres, so every shape is answered.
+    if (*fcinfo).nargs < 2 || (*fcinfo).args.as_slice(1)[0].isnull {
+        (*fcinfo).isnull = true;
+        return pg_sys::Datum::from(0);
+    }
     let flinfo = (*fcinfo).flinfo;
     if (*flinfo).fn_extra.is_null() {
         (*flinfo).fn_extra = hashers(flinfo, (*fcinfo).nargs as usize).cast();

@@ -121,6 +121,12 @@ fn the_per_row_comparison_is_ours_and_leaves_nothing_behind() {
     assert_eq!(queued, 1);
     let seen: i64 = scalar(&mut mallory, "SELECT count(*) FROM mallory_seen");
     assert_eq!(seen, 0, "the caller's function was never called");
+    // A query cannot name ours: it does not exist when a sync is created or altered.
+    let refused = mallory
+        .batch_execute("SELECT vitally.create_sync('m_call', 'm_d', 'account', 'upsert', 'SELECT id, pg_temp.vitally_admit(1::int8) AS a FROM mallory_rows', 'id')")
+        .unwrap_err();
+    let message = refused.as_db_error().map(|e| e.message().to_string()).unwrap_or_default();
+    assert!(message.contains("does not exist"), "{message}");
     let left: i64 = scalar(&mut mallory, "SELECT count(*) FROM pg_proc WHERE proname = 'vitally_admit'");
     assert_eq!(left, 0, "nothing is left after the call");
 }
