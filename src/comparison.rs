@@ -25,7 +25,6 @@ pub const ADMIT: &str = "pg_temp.vitally_admit";
 /// function of each argument's type.
 #[repr(C)]
 struct Hashers {
-    n: usize,
     procs: [pg_sys::FmgrInfo; pg_sys::FUNC_MAX_ARGS as usize],
 }
 
@@ -113,7 +112,6 @@ unsafe fn call(proc: &mut pg_sys::FmgrInfo, value: pg_sys::Datum, seed: u64) -> 
 #[pg_guard]
 unsafe extern "C-unwind" fn hashers(flinfo: *mut pg_sys::FmgrInfo, nargs: usize) -> *mut Hashers {
     let hashers = pg_sys::MemoryContextAllocZero((*flinfo).fn_mcxt, std::mem::size_of::<Hashers>()) as *mut Hashers;
-    (*hashers).n = nargs;
     for i in 1..nargs {
         let ty = pg_sys::get_fn_expr_argtype(flinfo, i as i32);
         let entry = pg_sys::lookup_type_cache(ty, pg_sys::TYPECACHE_HASH_EXTENDED_PROC as i32);

@@ -143,36 +143,24 @@ pub fn describe(sync_name: &str, query: &str, run_as: pg_sys::Oid) -> Result<Vec
     }
     let sql = wrapped(query, " LIMIT 0");
     single_statement(sync_name, &sql)?;
-    let described: Vec<(String, pg_sys::Oid, i32)> = sandboxed(run_as, || {
+    let described: Vec<(String, pg_sys::Oid)> = sandboxed(run_as, || {
         with_query_errors(sync_name, || {
             Spi::connect(|client| -> Result<_> {
                 let table = client.select(&sql, None, &[])?;
                 let n = table.columns()?;
-                // The descriptor of the result just read: names, types and typmods.
+                // The descriptor of the result just read: names and types.
                 let desc = unsafe { (*pg_sys::SPI_tuptable).tupdesc };
                 Ok((0..n)
                     .map(|i| unsafe {
                         let att = &*(*desc).attrs.as_ptr().add(i);
                         let name = std::ffi::CStr::from_ptr(att.attname.data.as_ptr()).to_string_lossy().into_owned();
-                        (name, att.atttypid, att.atttypmod)
+                        (name, att.atttypid)
                     })
                     .collect())
             })
         })
     })?;
-    Ok(described
-        .into_iter()
-        .map(|(name, oid, typmod)| Column { name, ty: column_type(oid), hashable: hashable(oid), sql_type: sql_type(oid, typmod) })
-        .collect())
-}
-
-/// A type as SQL, qualified whatever the `search_path` (`pg_catalog.int4`, `alice.mood`).
-fn sql_type(oid: pg_sys::Oid, typmod: i32) -> String {
-    unsafe {
-        let flags = (pg_sys::FORMAT_TYPE_FORCE_QUALIFY | pg_sys::FORMAT_TYPE_TYPEMOD_GIVEN) as pg_sys::bits16;
-        let text = pg_sys::format_type_extended(oid, typmod, flags);
-        std::ffi::CStr::from_ptr(text).to_string_lossy().into_owned()
-    }
+    Ok(described.into_iter().map(|(name, oid)| Column { name, ty: column_type(oid), hashable: hashable(oid) }).collect())
 }
 
 fn column_type(oid: pg_sys::Oid) -> ColumnType {

@@ -73,7 +73,7 @@ pub fn enqueue(client: &mut SpiClient<'_>, staged: &Staged, run_id: i64) -> Resu
                     vitally.record o
               WHERE r.sync_id = $1 AND r.status = 'pending' AND r.sync_key = s.sync_key
                 AND o.id = r.id AND o.sync_id = $1 AND o.status = 'pending'
-                AND s.error IS NULL AND r.payload_hash IS DISTINCT FROM s.hash AND $3
+                AND s.error IS NULL AND r.payload_hash IS DISTINCT FROM s.hash
              RETURNING o.run_id AS old_run),
          left_runs AS (
              UPDATE vitally.sync_run sr SET records_pending = sr.records_pending - m.n
@@ -81,13 +81,6 @@ pub fn enqueue(client: &mut SpiClient<'_>, staged: &Staged, run_id: i64) -> Resu
               WHERE sr.id = m.old_run AND sr.id <> $2
              RETURNING sr.id)
          SELECT (SELECT pg_catalog.count(*) FROM upd) AS replaced, (SELECT pg_catalog.array_agg(id) FROM left_runs) AS left_runs"
-    );
-    // (`{not_pending}`: filled in below, once it is known whether anything is pending.)
-    let insert = format!(
-        "INSERT INTO vitally.record (sync_id, run_id, sync_key, status, payload, payload_hash, message_id)
-         SELECT $1, $2, s.sync_key, 'pending', {payload}, s.hash, {message_id}
-           FROM {records} s LEFT JOIN vitally.delivery_state d ON d.sync_id = $1 AND d.sync_key = s.sync_key
-          WHERE s.error IS NULL {{not_pending}}"
     );
     // A failed record whose key is queued again is no longer "failed now".
     let supersede = format!(
@@ -115,7 +108,7 @@ pub fn enqueue(client: &mut SpiClient<'_>, staged: &Staged, run_id: i64) -> Resu
     };
     let invalid = client.update(&invalid, None, &[sync.into(), run.into()])?.len() as i64;
     let (replaced, left_runs) = if pending && replaces {
-        let replaced = client.update(&replace, None, &[sync.into(), run.into(), replaces.into()])?.first();
+        let replaced = client.update(&replace, None, &[sync.into(), run.into()])?.first();
         (replaced.required::<i64>("replaced")?, replaced.optional::<Vec<i64>>("left_runs")?.unwrap_or_default())
     } else {
         (0, Vec::new())
@@ -125,7 +118,12 @@ pub fn enqueue(client: &mut SpiClient<'_>, staged: &Staged, run_id: i64) -> Resu
     } else {
         ""
     };
-    let insert = insert.replace("{not_pending}", not_pending);
+    let insert = format!(
+        "INSERT INTO vitally.record (sync_id, run_id, sync_key, status, payload, payload_hash, message_id)
+         SELECT $1, $2, s.sync_key, 'pending', {payload}, s.hash, {message_id}
+           FROM {records} s LEFT JOIN vitally.delivery_state d ON d.sync_id = $1 AND d.sync_key = s.sync_key
+          WHERE s.error IS NULL {not_pending}"
+    );
     let inserted = client.update(&insert, None, &[sync.into(), run.into()])?.len() as i64;
     if failed {
         client.update(&supersede, None, &[sync.into()])?;

@@ -8,7 +8,7 @@
 //!
 //! Keys are compared by hash. Two keys with one hash (about 1 in 30 million for a
 //! million keys) share an entry: then a row is admitted when it need not be (sent
-//! again, harmless) or taken for a repeat (checked again by text, see `repeated`).
+//! again, harmless) or taken for a repeat (checked again by text, see `repeats`).
 //! A row is never taken for unchanged unless its 64-bit values hash equals what was
 //! delivered for its key, as before this module.
 

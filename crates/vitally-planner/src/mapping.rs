@@ -25,9 +25,6 @@ pub struct Column {
     pub ty: ColumnType,
     /// Whether Postgres can hash the type's values directly (else its text is hashed).
     pub hashable: bool,
-    /// The column's type as SQL, schema-qualified (`pg_catalog.int4`, `"alice".mood`),
-    /// for the table a run's rows are kept in.
-    pub sql_type: String,
 }
 
 /// Where a column's value goes in the record.
@@ -217,7 +214,7 @@ mod tests {
     use serde_json::json;
 
     fn cols(names: &[(&str, ColumnType)]) -> Vec<Column> {
-        names.iter().map(|(n, t)| Column { name: n.to_string(), ty: *t, hashable: true, sql_type: "pg_catalog.text".into() }).collect()
+        names.iter().map(|(n, t)| Column { name: n.to_string(), ty: *t, hashable: true }).collect()
     }
 
     #[test]

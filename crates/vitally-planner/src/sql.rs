@@ -337,7 +337,7 @@ mod tests {
     use crate::mapping::plan;
 
     fn col(name: &str, ty: ColumnType) -> Column {
-        Column { name: name.into(), ty, hashable: true, sql_type: "pg_catalog.text".into() }
+        Column { name: name.into(), ty, hashable: true }
     }
 
     #[test]
