@@ -89,7 +89,9 @@ CREATE TABLE vitally.sync_run (
     records_failed    bigint NOT NULL DEFAULT 0,
     -- Its records still pending: the queue keeps it (src/queue/), so that telling
     -- whether a run is over needs no scan of the queue.
-    records_pending   bigint NOT NULL DEFAULT 0
+    records_pending   bigint NOT NULL DEFAULT 0,
+    -- Planned by a watch (src/live_planner.rs), one run per sync and coalescing window.
+    live              boolean NOT NULL DEFAULT false
 );
 CREATE INDEX ON vitally.sync_run (sync_id, id);
 CREATE INDEX ON vitally.sync_run (id) WHERE status = 'running';
@@ -146,9 +148,36 @@ CREATE TABLE vitally.delivery_stats (
     PRIMARY KEY (destination_id, minute)
 );
 
-REVOKE ALL ON vitally.sync, vitally.sync_run, vitally.record, vitally.delivery_state, vitally.delivery_stats FROM PUBLIC;
+-- A table a sync watches (vitally.watch()): its statement triggers (src/watching.rs) mark
+-- the sync keys a committed change touches, and the live planner plans just those.
+CREATE TABLE vitally.watch (
+    id             bigserial PRIMARY KEY,
+    sync_id        bigint NOT NULL REFERENCES vitally.sync (id) ON DELETE CASCADE,
+    relid          regclass NOT NULL,   -- regclass: pg_dump keeps it by name
+    key_expr       text NOT NULL,       -- an expression over the table's row giving the sync key
+    search_path    text NOT NULL,       -- the watcher's, in force whenever key_expr is read
+    created_at     timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    last_change_at timestamptz,         -- the latest change planned
+    last_error     text,                -- the last live plan's failure, until one succeeds
+    failed_at      timestamptz,
+    UNIQUE (sync_id, relid)
+);
+
+-- Keys marked by watches, not planned yet. Writers only append (no key, no index: a
+-- unique key would make a writer wait for the planner's transaction); the live planner
+-- deletes what it plans in the transaction that queues it, so a crash loses no mark.
+CREATE TABLE vitally.change (
+    watch_id   bigint NOT NULL,
+    sync_id    bigint NOT NULL,
+    sync_key   text,                    -- NULL: every key (a TRUNCATE, a key that failed)
+    changed_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp()
+);
+
+REVOKE ALL ON vitally.sync, vitally.sync_run, vitally.record, vitally.delivery_state, vitally.delivery_stats, vitally.watch, vitally.change FROM PUBLIC;
 
 SELECT pg_catalog.pg_extension_config_dump('vitally.sync', '');
 SELECT pg_catalog.pg_extension_config_dump('vitally.sync_id_seq', '');
 -- So that a restore into a new cluster does not resend what was already delivered.
 SELECT pg_catalog.pg_extension_config_dump('vitally.delivery_state', '');
+SELECT pg_catalog.pg_extension_config_dump('vitally.watch', '');
+SELECT pg_catalog.pg_extension_config_dump('vitally.watch_id_seq', '');

@@ -50,7 +50,8 @@ SELECT r.id,
        r.records_invalid,
        r.records_delivered,
        r.records_skipped,
-       r.records_failed
+       r.records_failed,
+       r.live
   FROM vitally.sync_run r
   JOIN vitally.sync s ON s.id = r.sync_id
  WHERE pg_catalog.pg_has_role(s.owner, 'USAGE');
@@ -103,6 +104,23 @@ SELECT s.name AS sync_name,
                             r.records_queued, r.records_unchanged, r.records_invalid, r.records_delivered, r.records_skipped,
                             r.records_failed
                        FROM vitally.sync_run r WHERE r.sync_id = s.id ORDER BY r.id DESC LIMIT 1) last ON true
+ WHERE pg_catalog.pg_has_role(s.owner, 'USAGE');
+
+-- The tables each sync watches: how far behind its live planning is, and its last failure.
+CREATE VIEW vitally.watches WITH (security_barrier) AS
+SELECT s.name AS sync_name,
+       w.relid AS table_name,
+       w.key_expr AS key,
+       w.created_at,
+       coalesce(c.pending, 0) AS pending_changes,
+       coalesce(pg_catalog.clock_timestamp() - c.oldest, interval '0') AS lag,
+       GREATEST(w.last_change_at, c.newest) AS last_change_at,
+       w.last_error,
+       w.failed_at
+  FROM vitally.watch w
+  JOIN vitally.sync s ON s.id = w.sync_id
+  LEFT JOIN LATERAL (SELECT pg_catalog.count(*) AS pending, pg_catalog.min(x.changed_at) AS oldest, pg_catalog.max(x.changed_at) AS newest
+                       FROM vitally.change x WHERE x.watch_id = w.id) c ON true
  WHERE pg_catalog.pg_has_role(s.owner, 'USAGE');
 
 -- One row per destination with the figures an operator alerts on; one flat row of
@@ -185,6 +203,6 @@ $$;
 -- The documented grants, and nothing else.
 GRANT USAGE ON SCHEMA vitally TO vitally_user, pg_monitor;
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA vitally TO vitally_user;
-GRANT SELECT ON vitally.destinations, vitally.syncs, vitally.sync_runs, vitally.records, vitally.sync_status TO vitally_user;
+GRANT SELECT ON vitally.destinations, vitally.syncs, vitally.sync_runs, vitally.records, vitally.sync_status, vitally.watches TO vitally_user;
 GRANT SELECT ON vitally.metrics TO vitally_user, pg_monitor;
 GRANT EXECUTE ON FUNCTION vitally.worker_pid(), vitally.worker_status() TO pg_monitor;

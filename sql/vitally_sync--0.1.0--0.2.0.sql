@@ -83,6 +83,85 @@ REVOKE ALL ON vitally.metrics FROM PUBLIC;
 GRANT SELECT ON vitally.metrics TO vitally_user, pg_monitor;
 GRANT USAGE ON SCHEMA vitally TO pg_monitor;
 
+-- Runs count their pending records (see below), and say whether a watch planned them.
+ALTER TABLE vitally.sync_run ADD COLUMN records_pending bigint NOT NULL DEFAULT 0;
+-- Live syncs (src/watching.rs, src/live_planner.rs, src/api/watches.rs), before the revocations below.
+ALTER TABLE vitally.sync_run ADD COLUMN live boolean NOT NULL DEFAULT false;
+CREATE TABLE vitally.watch (
+    id             bigserial PRIMARY KEY,
+    sync_id        bigint NOT NULL REFERENCES vitally.sync (id) ON DELETE CASCADE,
+    relid          regclass NOT NULL,
+    key_expr       text NOT NULL,
+    search_path    text NOT NULL,
+    created_at     timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    last_change_at timestamptz,
+    last_error     text,
+    failed_at      timestamptz,
+    UNIQUE (sync_id, relid)
+);
+CREATE TABLE vitally.change (
+    watch_id   bigint NOT NULL,
+    sync_id    bigint NOT NULL,
+    sync_key   text,
+    changed_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp()
+);
+REVOKE ALL ON vitally.watch, vitally.change FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('vitally.watch', '');
+SELECT pg_catalog.pg_extension_config_dump('vitally.watch_id_seq', '');
+CREATE FUNCTION vitally."watch"(
+	"name" TEXT,
+	"table" TEXT,
+	"key" TEXT DEFAULT 'id'
+) RETURNS bigint
+STRICT VOLATILE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'watch_wrapper';
+CREATE FUNCTION vitally."unwatch"(
+	"name" TEXT,
+	"table" TEXT
+) RETURNS bool
+STRICT VOLATILE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'unwatch_wrapper';
+CREATE FUNCTION vitally."watch_trigger"()
+	RETURNS TRIGGER
+	LANGUAGE c
+	AS 'MODULE_PATHNAME', 'watch_trigger_wrapper';
+CREATE OR REPLACE VIEW vitally.sync_runs WITH (security_barrier) AS
+SELECT r.id,
+       s.name AS sync_name,
+       r.status,
+       r.full_resync,
+       r.started_at,
+       r.planned_at,
+       r.finished_at,
+       r.rows_read,
+       r.records_queued,
+       r.records_unchanged,
+       r.records_invalid,
+       r.records_delivered,
+       r.records_skipped,
+       r.records_failed,
+       r.live
+  FROM vitally.sync_run r
+  JOIN vitally.sync s ON s.id = r.sync_id
+ WHERE pg_catalog.pg_has_role(s.owner, 'USAGE');
+CREATE VIEW vitally.watches WITH (security_barrier) AS
+SELECT s.name AS sync_name,
+       w.relid AS table_name,
+       w.key_expr AS key,
+       w.created_at,
+       coalesce(c.pending, 0) AS pending_changes,
+       coalesce(pg_catalog.clock_timestamp() - c.oldest, interval '0') AS lag,
+       GREATEST(w.last_change_at, c.newest) AS last_change_at,
+       w.last_error,
+       w.failed_at
+  FROM vitally.watch w
+  JOIN vitally.sync s ON s.id = w.sync_id
+  LEFT JOIN LATERAL (SELECT pg_catalog.count(*) AS pending, pg_catalog.min(x.changed_at) AS oldest, pg_catalog.max(x.changed_at) AS newest
+                       FROM vitally.change x WHERE x.watch_id = w.id) c ON true
+ WHERE pg_catalog.pg_has_role(s.owner, 'USAGE');
+
 -- Whatever ALTER DEFAULT PRIVILEGES said before CREATE EXTENSION (for the installing role
 -- or for all roles), no role but the owner keeps a privilege on any object of the
 -- extension; the documented grants follow.
@@ -131,13 +210,12 @@ $$;
 -- The documented grants, and nothing else.
 GRANT USAGE ON SCHEMA vitally TO vitally_user, pg_monitor;
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA vitally TO vitally_user;
-GRANT SELECT ON vitally.destinations, vitally.syncs, vitally.sync_runs, vitally.records, vitally.sync_status TO vitally_user;
+GRANT SELECT ON vitally.destinations, vitally.syncs, vitally.sync_runs, vitally.records, vitally.sync_status, vitally.watches TO vitally_user;
 GRANT SELECT ON vitally.metrics TO vitally_user, pg_monitor;
 GRANT EXECUTE ON FUNCTION vitally.worker_pid(), vitally.worker_status() TO pg_monitor;
 
 -- The queue at scale (src/queue/): runs count their pending records, claims resume from
 -- where the last one ended, and the worker keeps no lease (lease_until stays, unused).
-ALTER TABLE vitally.sync_run ADD COLUMN records_pending bigint NOT NULL DEFAULT 0;
 UPDATE vitally.sync_run r SET records_pending = (SELECT pg_catalog.count(*) FROM vitally.record p WHERE p.run_id = r.id AND p.status = 'pending')
  WHERE r.status = 'running';
 -- 0.1.0 never finished a run whose last pending records a newer run took over.
@@ -151,3 +229,4 @@ DROP INDEX vitally.record_run;
 DROP INDEX vitally.record_due;
 CREATE INDEX record_due ON vitally.record (sync_id, next_attempt_at, id) WHERE status = 'pending';
 UPDATE vitally.record SET lease_until = NULL WHERE lease_until IS NOT NULL;
+

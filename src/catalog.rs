@@ -164,6 +164,13 @@ pub fn owned_sync(client: &SpiClient<'_>, name: &str, me: pg_sys::Oid, lock: boo
 /// foreign keys, see bootstrap.sql). `filter` selects them from `vitally.sync s`.
 /// Their pg_cron jobs go too.
 pub fn delete_syncs(client: &mut SpiClient<'_>, filter: &str, id: i64) -> Result<()> {
+    let watches = client.select(
+        &format!("SELECT pg_catalog.array_agg(w.id) AS ids FROM vitally.watch w JOIN vitally.sync s ON s.id = w.sync_id WHERE {filter}"),
+        None,
+        &[id.into()],
+    )?;
+    let watches: Vec<i64> = watches.first().optional("ids")?.unwrap_or_default();
+    crate::watching::drop_triggers(client, &watches)?;
     let mut gone = Vec::new();
     let mut names = Vec::new();
     for row in client.update(&format!("DELETE FROM vitally.sync s WHERE {filter} RETURNING s.id, s.name"), None, &[id.into()])? {

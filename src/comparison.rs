@@ -125,10 +125,10 @@ unsafe extern "C-unwind" fn hashers(flinfo: *mut pg_sys::FmgrInfo, nargs: usize)
 
 /// Starts a pass of sync `sync_id`: reads what was delivered for it (unless `against`
 /// is `Nothing`) and creates the function the pass calls.
-pub fn begin(sync_id: i64, against: Against) -> Result<()> {
+pub fn begin(sync_id: i64, against: Against, keys: Option<&[String]>) -> Result<()> {
     let mut comparison = Comparison::new(against);
     if against != Against::Nothing {
-        load(sync_id, &mut comparison)?;
+        load(sync_id, keys, &mut comparison)?;
     }
     CURRENT.with_borrow_mut(|current| *current = Some(comparison));
     // Dropped with the transaction if the pass fails (the function too: it is created in it).
@@ -160,17 +160,19 @@ fn drop_function() -> Result<()> {
     Ok(())
 }
 
-/// What was delivered for the sync, as (key hash, values hash), a batch at a time.
-fn load(sync_id: i64, comparison: &mut Comparison) -> Result<()> {
+/// What was delivered for the sync (of `keys` only, when given), as (key hash, values
+/// hash), a batch at a time.
+fn load(sync_id: i64, keys: Option<&[String]>, comparison: &mut Comparison) -> Result<()> {
     // Planned for all its rows, not the first tenth (a cursor's default): a sync's keys
     // are most of the table more often than not, and then a sequential scan is cheaper.
     as_extension_owner(|| {
         with_settings(&[(c"cursor_tuple_fraction", c"1")], || {
             Spi::connect(|client| {
-                let mut cursor = client.try_open_cursor(
-                    "SELECT pg_catalog.hashtextextended(sync_key, 0), payload_hash FROM vitally.delivery_state WHERE sync_id = $1",
-                    &[sync_id.into()],
-                )?;
+                const STATE: &str = "SELECT pg_catalog.hashtextextended(sync_key, 0), payload_hash FROM vitally.delivery_state WHERE sync_id = $1";
+                let mut cursor = match keys {
+                    None => client.try_open_cursor(STATE, &[sync_id.into()])?,
+                    Some(keys) => client.try_open_cursor(&format!("{STATE} AND sync_key = ANY ($2)"), &[sync_id.into(), keys.to_vec().into()])?,
+                };
                 loop {
                     let batch = cursor.fetch(10_000)?;
                     if batch.is_empty() {

@@ -133,3 +133,10 @@ pub fn sandboxed<R>(role: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     // User first, then the nest level, as Postgres orders them for maintenance.
     as_user(role, pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION, || with_settings(QUERY_SETTINGS, f))
 }
+
+/// As `sandboxed`, with `search_path` set too: for SQL a role wrote in its own session
+/// and that runs in another's (a watch's key, in a writer's transaction), so that names
+/// in it mean what they meant to its author whatever the running session set.
+pub fn sandboxed_with_path<R>(role: pg_sys::Oid, search_path: &CStr, f: impl FnOnce() -> R) -> R {
+    sandboxed(role, || with_settings(&[(c"search_path", search_path)], f))
+}

@@ -30,6 +30,8 @@ pub enum Error {
     #[error(transparent)]
     Scheduling(#[from] crate::scheduling::ScheduleError),
     #[error(transparent)]
+    Watch(#[from] crate::watching::WatchError),
+    #[error(transparent)]
     Destination(#[from] DestinationError),
     #[error(transparent)]
     Definition(#[from] PlanError),
@@ -52,6 +54,7 @@ impl From<Error> for ErrorReport {
             Error::Planning(e) => e.into(),
             Error::Run(e) => e.into(),
             Error::Scheduling(e) => e.into(),
+            Error::Watch(e) => e.into(),
             Error::Destination(e) => e.into_report(),
             Error::Definition(e) => e.into_report(),
             Error::Kind(e) => report(Code::ERRCODE_INVALID_PARAMETER_VALUE, e.to_string(), None),

@@ -14,6 +14,7 @@ pub static REST_REQUESTS_PER_MINUTE: GucSetting<i32> = GucSetting::<i32>::new(90
 pub static RETRY_MIN_DELAY_MS: GucSetting<i32> = GucSetting::<i32>::new(1_000);
 pub static RETRY_MAX_DELAY_MS: GucSetting<i32> = GucSetting::<i32>::new(600_000);
 pub static RECORD_RETENTION_MIN: GucSetting<i32> = GucSetting::<i32>::new(14 * 24 * 60);
+pub static LIVE_DELAY_MS: GucSetting<i32> = GucSetting::<i32>::new(500);
 pub static ALLOWED_HOSTS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"*.vitally.io, *.vitally-eu.io"));
 
 /// Registers the settings (all of them may be set with the library loaded late: none
@@ -104,6 +105,16 @@ pub fn register() {
         1000,
         GucContext::Sighup,
         GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"vitally.live_delay",
+        c"How long after a watched change its sync's changed keys are planned.",
+        c"Changes to one row within this time become one record; a longer delay sends less, later.",
+        &LIVE_DELAY_MS,
+        0,
+        60_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
     );
     GucRegistry::define_int_guc(
         c"vitally.record_retention",

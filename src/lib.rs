@@ -14,6 +14,7 @@ mod elevation;
 mod errors;
 mod guc;
 mod launcher;
+mod live_planner;
 mod log_scrub;
 mod planning;
 mod progress;
@@ -22,6 +23,7 @@ mod roster;
 mod scheduling;
 mod schema;
 mod utility_hook;
+mod watching;
 mod worker;
 
 pgrx::pg_module_magic!();

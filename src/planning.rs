@@ -70,6 +70,8 @@ pub struct Prepared {
     pub behavior: Behavior,
     pub options: Options,
     pub plan: Plan,
+    /// The SQL name of the sync key column's type, for a re-plan of some keys.
+    pub key_type: String,
 }
 
 /// Checks a sync definition: the pair, the key it needs, the options, the query and
@@ -92,9 +94,13 @@ pub fn prepare(
     if options.unlink_removed_accounts && object != Object::User {
         return Err(PlanningError::UnlinkNotUser.into());
     }
-    let columns = describe(sync_name, query, run_as)?;
+    let described = describe(sync_name, query, run_as)?;
+    let columns: Vec<Column> = described.iter().map(|(c, _)| c.clone()).collect();
     let plan = plan(object, behavior, sync_key, &columns, mappings)?;
-    Ok(Prepared { object, behavior, options, plan })
+    let key_oid = described.iter().find(|(c, _)| c.name == plan.key.name).map(|(_, oid)| *oid).unwrap_or(pg_sys::TEXTOID);
+    // From the catalog cache, schema-qualified: the same type whatever the search_path.
+    let key_type = unsafe { std::ffi::CStr::from_ptr(pg_sys::format_type_be_qualified(key_oid)).to_string_lossy().into_owned() };
+    Ok(Prepared { object, behavior, options, plan, key_type })
 }
 
 /// Prepares a stored sync for a run or a preview.
@@ -137,7 +143,7 @@ fn single_statement(sync_name: &str, sql: &str) -> Result<()> {
 
 /// The query's columns, learned by running it with `LIMIT 0` as `run_as`, sandboxed: a
 /// query that does not parse, or reads what that role may not, fails here.
-pub fn describe(sync_name: &str, query: &str, run_as: pg_sys::Oid) -> Result<Vec<Column>> {
+pub fn describe(sync_name: &str, query: &str, run_as: pg_sys::Oid) -> Result<Vec<(Column, pg_sys::Oid)>> {
     if query.trim().is_empty() {
         return Err(PlanningError::EmptyQuery(sync_name.to_string()).into());
     }
@@ -160,7 +166,7 @@ pub fn describe(sync_name: &str, query: &str, run_as: pg_sys::Oid) -> Result<Vec
             })
         })
     })?;
-    Ok(described.into_iter().map(|(name, oid)| Column { name, ty: column_type(oid), hashable: hashable(oid) }).collect())
+    Ok(described.into_iter().map(|(name, oid)| (Column { name, ty: column_type(oid), hashable: hashable(oid) }, oid)).collect())
 }
 
 fn column_type(oid: pg_sys::Oid) -> ColumnType {
@@ -214,9 +220,11 @@ pub const PLANNING_SETTINGS: &[(&std::ffi::CStr, &std::ffi::CStr)] = &[(c"work_m
 
 /// What a planning pass is for.
 #[derive(Clone, Copy)]
-pub enum Pass {
+pub enum Pass<'a> {
     /// A run: only rows that changed (or all, with `full_resync`) become records.
     Run { full_resync: bool },
+    /// A live re-plan: as a run, of the rows with these keys only (what watches marked).
+    Keys(&'a [String]),
     /// A preview of the first `limit` rows: every one becomes a record, to be shown.
     Preview { limit: i64 },
 }
@@ -248,26 +256,30 @@ pub fn stage(sync: &SyncRow, prepared: &Prepared, pass: Pass, progress: &mut Pro
                 .required("seed")?)
         })
     })?;
-    let limit = match pass {
-        Pass::Preview { limit } => Some(limit),
-        Pass::Run { .. } => None,
+    let (limit, keys) = match pass {
+        Pass::Preview { limit } => (Some(limit), None),
+        Pass::Run { .. } => (None, None),
+        Pass::Keys(keys) => (None, Some(keys)),
     };
     create_tables(sync.owner)?;
     let against = match (pass, prepared.behavior) {
-        (Pass::Run { full_resync: false }, Behavior::Append) => Against::Keys,
-        (Pass::Run { full_resync: false }, _) => Against::Values,
+        (Pass::Run { full_resync: false } | Pass::Keys(_), Behavior::Append) => Against::Keys,
+        (Pass::Run { full_resync: false } | Pass::Keys(_), _) => Against::Values,
         _ => Against::Nothing,
     };
-    crate::comparison::begin(sync.id, against)?;
+    crate::comparison::begin(sync.id, against, keys)?;
     let fill = format!(
         "INSERT INTO {RECORDS} (sync_key, hash, payload, error) {}",
-        prepared.plan.records_sql(&sync.query, seed, limit, crate::comparison::ADMIT, &prepared.options)
+        prepared.plan.records_sql(&sync.query, seed, limit, keys.map(|_| prepared.key_type.as_str()), crate::comparison::ADMIT, &prepared.options)
     );
     let run_query = || {
         sandboxed(sync.owner, || {
             with_query_errors(&sync.name, || {
                 Spi::connect_mut(|client| -> Result<()> {
-                    client.update(&fill, None, &[])?;
+                    match keys {
+                        Some(keys) => client.update(&fill, None, &[keys.to_vec().into()])?,
+                        None => client.update(&fill, None, &[])?,
+                    };
                     Ok(())
                 })
             })
@@ -327,6 +339,35 @@ pub fn stage(sync: &SyncRow, prepared: &Prepared, pass: Pass, progress: &mut Pro
         rows,
         table: RECORDS,
     })
+}
+
+/// A run of `sync`: planned (all its rows, or the keys of a live re-plan), queued,
+/// finished if nothing was queued; the worker is woken when the transaction commits.
+/// A run of every row also takes every mark its watches made before it: it sees
+/// those changes. Returns the run's id.
+pub fn run(sync: &SyncRow, pass: Pass, progress: &mut Progress) -> Result<i64> {
+    let prepared = prepare_stored(sync)?;
+    let (full_resync, live) = match pass {
+        Pass::Run { full_resync } => (full_resync, false),
+        _ => (false, true),
+    };
+    let run_id = as_extension_owner(|| {
+        Spi::connect_mut(|client| {
+            if !live {
+                client.update("DELETE FROM vitally.change WHERE sync_id = $1", None, &[sync.id.into()])?;
+            }
+            crate::queue::start_run(client, sync.id, full_resync, false, live)
+        })
+    })?;
+    let staged = stage(sync, &prepared, pass, progress)?;
+    let done = as_extension_owner(|| with_settings(PLANNING_SETTINGS, || Spi::connect_mut(|client| crate::queue::enqueue(client, &staged, run_id))))?;
+    progress.phase(|| {
+        format!("queued {} records, {} invalid, {} unchanged; run {run_id}", done.queued, done.invalid, staged.rows - done.queued - done.invalid)
+    });
+    drop_stage()?;
+    as_extension_owner(|| Spi::connect_mut(|client| crate::queue::finish_if_done(client, &[run_id])))?;
+    crate::doorbell::wake_on_commit();
+    Ok(run_id)
 }
 
 /// The tables of a pass, owned by the extension's owner (so no other role can alter

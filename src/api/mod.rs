@@ -9,3 +9,4 @@ mod monitoring;
 mod running;
 mod scheduling;
 mod syncs;
+mod watches;

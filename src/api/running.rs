@@ -5,8 +5,8 @@ use pgrx::prelude::*;
 #[pg_schema]
 mod vitally {
     use crate::catalog::{owned_sync, CatalogError};
-    use crate::elevation::{as_extension_owner, caller, with_settings};
-    use crate::planning::{drop_stage, prepare_stored, stage, Pass, PLANNING_SETTINGS};
+    use crate::elevation::{as_extension_owner, caller};
+    use crate::planning::{drop_stage, prepare_stored, stage, Pass};
     use crate::progress::Progress;
     use pgrx::pg_sys::panic::ErrorReport;
     use pgrx::prelude::*;
@@ -22,18 +22,7 @@ mod vitally {
         if !sync.enabled {
             return Err(CatalogError::SyncDisabled(name.to_string()).into());
         }
-        let prepared = prepare_stored(&sync)?;
-        let run_id = as_extension_owner(|| Spi::connect_mut(|client| crate::queue::start_run(client, sync.id, full_resync, false)))?;
-        let mut progress = Progress::new(name);
-        let staged = stage(&sync, &prepared, Pass::Run { full_resync }, &mut progress)?;
-        let done =
-            as_extension_owner(|| with_settings(PLANNING_SETTINGS, || Spi::connect_mut(|client| crate::queue::enqueue(client, &staged, run_id))))?;
-        progress.phase(|| {
-            format!("queued {} records, {} invalid, {} unchanged; run {run_id}", done.queued, done.invalid, staged.rows - done.queued - done.invalid)
-        });
-        drop_stage()?;
-        as_extension_owner(|| Spi::connect_mut(|client| crate::queue::finish_if_done(client, &[run_id])))?;
-        crate::doorbell::wake_on_commit();
+        let run_id = crate::planning::run(&sync, Pass::Run { full_resync }, &mut Progress::new(name))?;
         crate::doorbell::warn_if_not_delivering();
         Ok(run_id)
     }

@@ -181,7 +181,7 @@ pub fn preview(client: &SpiClient<'_>, staged: &Staged) -> Result<Vec<PreviewRow
 /// left behind when there were none).
 pub fn requeue_failed(client: &mut SpiClient<'_>, sync_id: i64) -> Result<i64> {
     // Two statements: in one, the run a CTE inserts would be invisible to the update.
-    let run = super::start_run(client, sync_id, false, true)?;
+    let run = super::start_run(client, sync_id, false, true, false)?;
     let count = client
         .update(
             "UPDATE vitally.record r
@@ -215,7 +215,8 @@ pub fn forget_syncs(client: &mut SpiClient<'_>, sync_ids: &[i64]) -> Result<()> 
         return Ok(());
     }
     client.update(
-        "WITH records AS (DELETE FROM vitally.record WHERE sync_id = ANY($1))
+        "WITH records AS (DELETE FROM vitally.record WHERE sync_id = ANY($1)),
+              changes AS (DELETE FROM vitally.change WHERE sync_id = ANY($1))
          DELETE FROM vitally.delivery_state WHERE sync_id = ANY($1)",
         None,
         &[sync_ids.to_vec().into()],

@@ -33,13 +33,14 @@ impl From<RunError> for ErrorReport {
 }
 
 /// Starts a run of a sync; `planned` when it has nothing to plan (a retry of failed records).
-pub fn start_run(client: &mut SpiClient<'_>, sync_id: i64, full_resync: bool, planned: bool) -> Result<i64> {
+/// `live`: planned by a watch.
+pub fn start_run(client: &mut SpiClient<'_>, sync_id: i64, full_resync: bool, planned: bool, live: bool) -> Result<i64> {
     let id = client
         .update(
-            "INSERT INTO vitally.sync_run (sync_id, full_resync, planned_at)
-             VALUES ($1, $2, CASE WHEN $3 THEN pg_catalog.clock_timestamp() END) RETURNING id",
+            "INSERT INTO vitally.sync_run (sync_id, full_resync, planned_at, live)
+             VALUES ($1, $2, CASE WHEN $3 THEN pg_catalog.clock_timestamp() END, $4) RETURNING id",
             None,
-            &[sync_id.into(), full_resync.into(), planned.into()],
+            &[sync_id.into(), full_resync.into(), planned.into(), live.into()],
         )?
         .first()
         .required("id")?;

@@ -220,6 +220,8 @@ struct Worker {
     rings: u64,
     last_claim: Instant,
     claimed_some: bool,
+    /// The live planners this worker started, one per owner of watched syncs with changes.
+    planners: crate::live_planner::Planners,
 }
 
 impl Worker {
@@ -290,6 +292,7 @@ impl Worker {
             self.cursors.reset();
             self.cursors_reset = Instant::now();
         }
+        self.planners.tick(unsafe { pg_sys::MyDatabaseId }, rang);
 
         let prune_at = if self.in_flight.is_empty() { self.next_prune } else { self.next_prune.max(self.last_prune + PRUNE_EVERY_BUSY) };
         if Instant::now() >= prune_at {
@@ -437,6 +440,7 @@ pub extern "C-unwind" fn vitally_sync_worker_main(arg: pg_sys::Datum) {
         rings: slot.rings(),
         last_claim: Instant::now(),
         claimed_some: false,
+        planners: Default::default(),
     };
 
     loop {

@@ -138,8 +138,18 @@ impl Plan {
     /// the record as JSON. `admit(seed, key, values...)` hashes the row (`seed` being the
     /// fingerprint's hash) and returns the hash, or NULL for a row not to be written; it
     /// sees every row once, before any JSON is made (`OFFSET 0` keeps it so).
-    pub fn records_sql(&self, query: &str, seed: i64, limit: Option<i64>, admit: &str, options: &Options) -> String {
+    /// `keys`: only the rows whose key is one of the text array `$1` (a live re-plan),
+    /// the key compared in its own type `key_type`, so that an index on the source
+    /// column can serve the restriction.
+    pub fn records_sql(&self, query: &str, seed: i64, limit: Option<i64>, keys: Option<&str>, admit: &str, options: &Options) -> String {
         let limit = limit.map(|n| format!(" LIMIT {n}")).unwrap_or_else(|| " OFFSET 0".into());
+        let source = match keys {
+            None => format!("(\n{query}\n) q{limit}"),
+            Some(key_type) => format!(
+                "(SELECT * FROM (\n{query}\n) q WHERE q.{} = ANY ($1::pg_catalog.text[]::{key_type}[])) q{limit}",
+                quote_ident(&self.key.name)
+            ),
+        };
         let key = format!("(q.{})::text", quote_ident(&self.key.name));
         let kept = self.kept_columns();
         let values: Vec<String> = kept.iter().map(|(c, _)| canonical(&format!("q.{}", quote_ident(&c.name)), c)).collect();
@@ -158,7 +168,7 @@ impl Plan {
             "SELECT p.sync_key, p.hash, p.payload, {validation} AS error \
              FROM (SELECT r.sync_key, r.hash, r.payload, {bytes} AS bytes, 1 AS dups \
                    FROM (SELECT s.sync_key, s.hash, {payload} AS payload \
-                         FROM (SELECT {select} FROM (\n{query}\n) q{limit}) s WHERE s.hash IS NOT NULL OFFSET 0) r OFFSET 0) p",
+                         FROM (SELECT {select} FROM {source}) s WHERE s.hash IS NOT NULL OFFSET 0) r OFFSET 0) p",
             validation = self.validation_sql(),
             bytes = json_bytes("r.payload"),
             payload = self.payload_sql(options),
@@ -355,7 +365,7 @@ mod tests {
         let p = plan(Object::Organization, crate::definition::Behavior::Upsert, "id", &columns, None).unwrap();
         let sql = p.payload_sql(&Options::default());
         assert_eq!(sql.matches("jsonb_build_object(").count(), 1 + 3, "one for the top level, three for 120 traits");
-        let sql = p.records_sql("SELECT 1", 0, None, "admit", &Options::default());
+        let sql = p.records_sql("SELECT 1", 0, None, None, "admit", &Options::default());
         assert_eq!(sql.matches("ROW(").count(), 3, "121 values hashed as three rows: a function takes at most 100 arguments");
     }
 
@@ -375,8 +385,18 @@ mod tests {
     #[test]
     fn the_query_cannot_swallow_the_closing_parenthesis_with_a_comment() {
         let p = plan(Object::Organization, crate::definition::Behavior::Upsert, "id", &[col("id", ColumnType::Other)], None).unwrap();
-        let sql = p.records_sql("SELECT 1 AS id -- trailing comment", 7, None, "admit", &Options::default());
+        let sql = p.records_sql("SELECT 1 AS id -- trailing comment", 7, None, None, "admit", &Options::default());
         assert!(sql.contains("-- trailing comment\n) q"));
+    }
+
+    #[test]
+    fn a_live_re_plan_compares_the_key_in_its_own_type_inside_the_query() {
+        let p = plan(Object::Organization, crate::definition::Behavior::Upsert, "id", &[col("id", ColumnType::Other)], None).unwrap();
+        let sql = p.records_sql("SELECT 1 AS id", 7, None, Some("pg_catalog.int8"), "admit", &Options::default());
+        assert!(
+            sql.contains("FROM (SELECT * FROM (\nSELECT 1 AS id\n) q WHERE q.\"id\" = ANY ($1::pg_catalog.text[]::pg_catalog.int8[])) q OFFSET 0"),
+            "{sql}"
+        );
     }
 
     #[test]
@@ -391,7 +411,7 @@ mod tests {
             None,
         )
         .unwrap();
-        let sql = p.records_sql("SELECT 1", 3, None, "admit", &Options::default());
+        let sql = p.records_sql("SELECT 1", 3, None, None, "admit", &Options::default());
         assert!(sql.contains("admit('3'::pg_catalog.int8, (q.\"id\")::text, (q.\"spot\")::text, (q.\"doc\")::jsonb)"), "{sql}");
     }
 
@@ -401,7 +421,7 @@ mod tests {
         let m = serde_json::json!({"traits.a": "name", "traits.b": "name"});
         let p = plan(Object::Account, crate::definition::Behavior::Upsert, "id", &columns, Some(&m)).unwrap();
         assert_eq!(p.kept_columns().len(), 1);
-        assert!(p.records_sql("SELECT 1", 0, None, "admit", &Options::default()).contains("q.\"name\" AS c1"));
+        assert!(p.records_sql("SELECT 1", 0, None, None, "admit", &Options::default()).contains("q.\"name\" AS c1"));
     }
 
     #[test]

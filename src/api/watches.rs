@@ -1,0 +1,83 @@
+//! `vitally.watch`, `unwatch`: live syncs, planned seconds after each commit that
+//! changes a table their query reads (`watching.rs`, `live_planner.rs`).
+
+use pgrx::prelude::*;
+
+#[pg_schema]
+mod vitally {
+    use crate::catalog::owned_sync;
+    use crate::elevation::{as_extension_owner, caller};
+    use crate::errors::Row;
+    use crate::watching::{check, create_triggers, drop_triggers, resolve, WatchError};
+    use pgrx::pg_sys::panic::ErrorReport;
+    use pgrx::prelude::*;
+
+    /// Watches `table` for sync `name`: after each committed change to it, the sync keys
+    /// `key` gives for the rows changed (old and new) are planned again, within about a
+    /// second, as `vitally.sync()` would plan them. Watching again changes the key.
+    /// Returns the watch's id.
+    #[pg_extern(volatile)]
+    fn watch(name: &str, table: &str, key: default!(&str, "'id'")) -> Result<i64, ErrorReport> {
+        let me = caller();
+        let sync = as_extension_owner(|| Spi::connect(|client| owned_sync(client, name, me, true)))?;
+        // As the caller: the table named as the caller names it, the key read with the
+        // caller's search_path, now and whenever the key is read.
+        let table = resolve(table)?;
+        let search_path =
+            Spi::get_one::<String>("SELECT pg_catalog.current_setting('search_path')").map_err(crate::errors::Error::from)?.unwrap_or_default();
+        let search_path = std::ffi::CString::new(search_path).unwrap_or_default();
+        let owner_name = unsafe { std::ffi::CStr::from_ptr(pg_sys::GetUserNameFromId(sync.owner, false)).to_string_lossy().into_owned() };
+        check(sync.owner, &quote_ident(&owner_name), &table, key, &search_path)?;
+        let id = as_extension_owner(|| {
+            Spi::connect_mut(|client| {
+                let row = client
+                    .update(
+                        "INSERT INTO vitally.watch (sync_id, relid, key_expr, search_path) VALUES ($1, $2::pg_catalog.oid::pg_catalog.regclass, $3, $4)
+                         ON CONFLICT (sync_id, relid) DO UPDATE SET key_expr = excluded.key_expr, search_path = excluded.search_path
+                         RETURNING id, xmax = 0 AS created",
+                        None,
+                        &[sync.id.into(), table.oid.into(), key.into(), search_path.to_string_lossy().as_ref().into()],
+                    )?
+                    .first();
+                let id: i64 = row.required("id")?;
+                if row.required::<bool>("created")? {
+                    create_triggers(client, id, &table)?;
+                }
+                Ok(id)
+            })
+        })?;
+        crate::doorbell::warn_if_not_delivering();
+        Ok(id)
+    }
+
+    /// Stops watching `table` for sync `name`; changes already marked are still planned.
+    #[pg_extern(volatile)]
+    fn unwatch(name: &str, table: &str) -> Result<bool, ErrorReport> {
+        let me = caller();
+        let sync = as_extension_owner(|| Spi::connect(|client| owned_sync(client, name, me, true)))?;
+        let table = resolve(table)?;
+        Ok(as_extension_owner(|| {
+            Spi::connect_mut(|client| {
+                let gone = client.update(
+                    "DELETE FROM vitally.watch WHERE sync_id = $1 AND relid = $2::pg_catalog.oid::pg_catalog.regclass RETURNING id",
+                    None,
+                    &[sync.id.into(), table.oid.into()],
+                )?;
+                let ids = gone.into_iter().map(|r| r.get::<i64>(1).map(|v| v.unwrap_or_default())).collect::<Result<Vec<_>, _>>()?;
+                if ids.is_empty() {
+                    return Err(WatchError::NotWatched { sync: name.to_string(), table: table.name.clone() }.into());
+                }
+                drop_triggers(client, &ids)?;
+                Ok(true)
+            })
+        })?)
+    }
+
+    fn quote_ident(name: &str) -> String {
+        if name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') && !name.starts_with(|c: char| c.is_ascii_digit()) {
+            name.to_string()
+        } else {
+            format!("\"{}\"", name.replace('"', "\"\""))
+        }
+    }
+}
