@@ -62,6 +62,15 @@ impl From<Error> for ErrorReport {
     }
 }
 
+/// The report inside an error caught by `PgTryBuilder`, whichever way it was raised.
+pub fn caught(e: &pgrx::pg_sys::panic::CaughtError) -> &pgrx::pg_sys::panic::ErrorReportWithLevel {
+    use pgrx::pg_sys::panic::CaughtError;
+    match e {
+        CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r,
+        CaughtError::RustPanic { ereport, .. } => ereport,
+    }
+}
+
 /// A report with an optional hint: what each concern's `From` impl builds.
 pub fn report(code: Code, message: String, hint: Option<String>) -> ErrorReport {
     let report = ErrorReport::new(code, message, "vitally_sync");

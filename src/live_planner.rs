@@ -18,7 +18,6 @@ use crate::errors::{Result, Row};
 use crate::planning::Pass;
 use crate::progress::Progress;
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, DynamicBackgroundWorker, SignalWakeFlags};
-use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 use pgrx::{PgMemoryContexts, PgTryBuilder};
 use std::collections::HashMap;
@@ -246,10 +245,7 @@ pub extern "C-unwind" fn vitally_sync_live_planner_main(arg: pg_sys::Datum) {
             }))
             .catch_others(|e| {
                 unsafe { pg_sys::AbortCurrentTransaction() };
-                Some(match &e {
-                    CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r.message().to_string(),
-                    CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
-                })
+                Some(crate::errors::caught(&e).message().to_string())
             })
             .execute();
             if let Some(message) = failed {

@@ -9,7 +9,7 @@ use crate::elevation::{as_extension_owner, sandboxed, with_settings};
 use crate::errors::{report, Result, Row};
 use crate::progress::Progress;
 use crate::queue::Staged;
-use pgrx::pg_sys::panic::{CaughtError, ErrorReport};
+use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::PgTryBuilder;
 use vitally_model::{check_pair, Behavior, KeyNeeded, Object};
@@ -126,7 +126,15 @@ fn wrapped(query: &str, limit: &str) -> String {
 }
 
 fn single_statement(sync_name: &str, sql: &str) -> Result<()> {
-    let count = with_query_errors(sync_name, || unsafe {
+    if with_query_errors(sync_name, || statements(sql)) != 1 {
+        return Err(PlanningError::NotOneStatement(sync_name.to_string()).into());
+    }
+    Ok(())
+}
+
+/// How many statements `sql` is, as Postgres's parser reads it (a syntax error is raised).
+pub fn statements(sql: &str) -> i32 {
+    unsafe {
         let text = std::ffi::CString::new(sql).unwrap_or_default();
         let list = pg_sys::raw_parser(text.as_ptr(), pg_sys::RawParseMode::RAW_PARSE_DEFAULT);
         if list.is_null() {
@@ -134,11 +142,7 @@ fn single_statement(sync_name: &str, sql: &str) -> Result<()> {
         } else {
             (*list).length
         }
-    });
-    if count != 1 {
-        return Err(PlanningError::NotOneStatement(sync_name.to_string()).into());
     }
-    Ok(())
 }
 
 /// The query's columns, learned by running it with `LIMIT 0` as `run_as`, sandboxed: a
@@ -196,10 +200,7 @@ fn hashable(oid: pg_sys::Oid) -> bool {
 pub fn with_query_errors<R>(sync_name: &str, f: impl FnOnce() -> R + std::panic::UnwindSafe) -> R {
     PgTryBuilder::new(f)
         .catch_others(|e| {
-            let caught = match &e {
-                CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r,
-                CaughtError::RustPanic { ereport, .. } => ereport,
-            };
+            let caught = crate::errors::caught(&e);
             let error = PlanningError::QueryFailed {
                 sync: sync_name.to_string(),
                 code: caught.sql_error_code(),

@@ -13,7 +13,7 @@
 
 use crate::elevation::{as_extension_owner, sandboxed_with_path, with_pinned};
 use crate::errors::{report, Result, Row};
-use pgrx::pg_sys::panic::{CaughtError, ErrorReport};
+use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::PgTryBuilder;
@@ -205,10 +205,7 @@ fn in_subtransaction<R>(f: impl FnOnce() -> R) -> std::result::Result<R, String>
             pg_sys::RollbackAndReleaseCurrentSubTransaction();
             pg_sys::MemoryContextSwitchTo(context);
             pg_sys::CurrentResourceOwner = owner;
-            Err(match &e {
-                CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r.message().to_string(),
-                CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
-            })
+            Err(crate::errors::caught(&e).message().to_string())
         })
         .execute()
     }
@@ -294,15 +291,7 @@ pub fn check(owner: pg_sys::Oid, owner_name: &str, table: &Table, key: &str, sea
         return Err(WatchError::OwnerCannotLogIn(owner_name.to_string()).into());
     }
     let sql = format!("{} LIMIT 0", keys_sql(key, &[&format!("ONLY {}", table.name)]));
-    let statements = unsafe {
-        let text = std::ffi::CString::new(sql.as_str()).unwrap_or_default();
-        let list = pg_sys::raw_parser(text.as_ptr(), pg_sys::RawParseMode::RAW_PARSE_DEFAULT);
-        if list.is_null() {
-            0
-        } else {
-            (*list).length
-        }
-    };
+    let statements = crate::planning::statements(&sql);
     let bad = |message: String| WatchError::BadKey { table: table.name.clone(), message };
     if statements != 1 || key.trim().is_empty() {
         return Err(bad("it closes a parenthesis it did not open, or is empty".into()).into());
@@ -315,16 +304,18 @@ pub fn check(owner: pg_sys::Oid, owner_name: &str, table: &Table, key: &str, sea
     }
 }
 
-/// The triggers of watch `id` on `table`: one per event (Postgres takes transition
-/// tables only on a trigger of one event), and one for TRUNCATE.
+/// The triggers of a watch, `vitally_watch_<id>_<suffix>`: one per event (Postgres takes
+/// transition tables only on a trigger of one event), and one for TRUNCATE.
+const TRIGGERS: [(&str, &str, &str); 4] = [
+    ("insert", "INSERT", "REFERENCING NEW TABLE AS vitally_new"),
+    ("update", "UPDATE", "REFERENCING OLD TABLE AS vitally_old NEW TABLE AS vitally_new"),
+    ("delete", "DELETE", "REFERENCING OLD TABLE AS vitally_old"),
+    ("truncate", "TRUNCATE", ""),
+];
+
+/// Creates the triggers of watch `id` on `table`.
 pub fn create_triggers(client: &mut SpiClient<'_>, id: i64, table: &Table) -> Result<()> {
-    let events = [
-        ("insert", "INSERT", "REFERENCING NEW TABLE AS vitally_new"),
-        ("update", "UPDATE", "REFERENCING OLD TABLE AS vitally_old NEW TABLE AS vitally_new"),
-        ("delete", "DELETE", "REFERENCING OLD TABLE AS vitally_old"),
-        ("truncate", "TRUNCATE", ""),
-    ];
-    for (suffix, event, referencing) in events {
+    for (suffix, event, referencing) in TRIGGERS {
         client.update(
             &format!(
                 "CREATE TRIGGER vitally_watch_{id}_{suffix} AFTER {event} ON {} {referencing} FOR EACH STATEMENT EXECUTE FUNCTION vitally.watch_trigger('{id}')",
@@ -343,8 +334,7 @@ pub fn drop_triggers(client: &mut SpiClient<'_>, ids: &[i64]) -> Result<()> {
     if ids.is_empty() {
         return Ok(());
     }
-    let names: Vec<String> =
-        ids.iter().flat_map(|id| ["insert", "update", "delete", "truncate"].map(|s| format!("vitally_watch_{id}_{s}"))).collect();
+    let names: Vec<String> = ids.iter().flat_map(|id| TRIGGERS.map(|(suffix, _, _)| format!("vitally_watch_{id}_{suffix}"))).collect();
     let found = client.select(
         "SELECT pg_catalog.format('DROP TRIGGER %I ON %I.%I', t.tgname, n.nspname, c.relname) AS stmt
            FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace

@@ -26,8 +26,11 @@ mod vitally {
         let search_path =
             Spi::get_one::<String>("SELECT pg_catalog.current_setting('search_path')").map_err(crate::errors::Error::from)?.unwrap_or_default();
         let search_path = std::ffi::CString::new(search_path).unwrap_or_default();
-        let owner_name = unsafe { std::ffi::CStr::from_ptr(pg_sys::GetUserNameFromId(sync.owner, false)).to_string_lossy().into_owned() };
-        check(sync.owner, &quote_ident(&owner_name), &table, key, &search_path)?;
+        // Quoted by Postgres, which knows its keywords (a role named "user").
+        let owner_name = unsafe {
+            std::ffi::CStr::from_ptr(pg_sys::quote_identifier(pg_sys::GetUserNameFromId(sync.owner, false))).to_string_lossy().into_owned()
+        };
+        check(sync.owner, &owner_name, &table, key, &search_path)?;
         let id = as_extension_owner(|| {
             Spi::connect_mut(|client| {
                 let row = client
@@ -71,13 +74,5 @@ mod vitally {
                 Ok(true)
             })
         })?)
-    }
-
-    fn quote_ident(name: &str) -> String {
-        if name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') && !name.starts_with(|c: char| c.is_ascii_digit()) {
-            name.to_string()
-        } else {
-            format!("\"{}\"", name.replace('"', "\"\""))
-        }
     }
 }
