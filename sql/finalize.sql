@@ -137,7 +137,9 @@ SELECT d.name AS destination,
        coalesce(st.rate_limited_1h, 0) AS rate_limited_last_hour,
        coalesce(f.failed, 0) AS failed_now,
        vitally.worker_pid() IS NOT NULL AS worker_up,
-       vitally.worker_status() AS worker_status
+       vitally.worker_status() AS worker_status,
+       coalesce(lc.pending, 0) AS live_changes_pending,
+       coalesce(EXTRACT(epoch FROM pg_catalog.clock_timestamp() - lc.oldest)::float8, 0) AS live_lag_seconds
   FROM vitally.destination d
   LEFT JOIN LATERAL (SELECT pg_catalog.count(*) AS pending, pg_catalog.min(r.queued_at) AS oldest
                        FROM vitally.sync s JOIN vitally.record r ON r.sync_id = s.id AND r.status = 'pending'
@@ -153,6 +155,9 @@ SELECT d.name AS destination,
                             pg_catalog.sum(x.rate_limited)::bigint AS rate_limited_1h
                        FROM vitally.delivery_stats x
                       WHERE x.destination_id = d.id AND x.minute >= pg_catalog.now() - interval '1 hour') st ON true
+  LEFT JOIN LATERAL (SELECT pg_catalog.count(*) AS pending, pg_catalog.min(c.changed_at) AS oldest
+                       FROM vitally.sync s JOIN vitally.change c ON c.sync_id = s.id
+                      WHERE s.destination_id = d.id) lc ON true
  WHERE pg_catalog.pg_has_role(d.owner, 'USAGE') OR pg_catalog.pg_has_role('pg_monitor', 'USAGE');
 
 -- Whatever ALTER DEFAULT PRIVILEGES said before CREATE EXTENSION (for the installing role
@@ -203,6 +208,8 @@ $$;
 -- The documented grants, and nothing else.
 GRANT USAGE ON SCHEMA vitally TO vitally_user, pg_monitor;
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA vitally TO vitally_user;
+-- Fired by the triggers vitally.watch() creates, never named in anyone's trigger.
+REVOKE EXECUTE ON FUNCTION vitally.watch_trigger() FROM vitally_user;
 GRANT SELECT ON vitally.destinations, vitally.syncs, vitally.sync_runs, vitally.records, vitally.sync_status, vitally.watches TO vitally_user;
 GRANT SELECT ON vitally.metrics TO vitally_user, pg_monitor;
 GRANT EXECUTE ON FUNCTION vitally.worker_pid(), vitally.worker_status() TO pg_monitor;

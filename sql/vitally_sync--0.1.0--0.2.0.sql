@@ -47,42 +47,6 @@ AS 'MODULE_PATHNAME', 'worker_status_wrapper';
 REVOKE ALL ON FUNCTION vitally.worker_status() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION vitally.worker_status() TO vitally_user, pg_monitor;
 
--- One row per destination with the figures an operator alerts on; one flat row of
--- numbers each, so a Prometheus postgres_exporter query can scrape it as it is.
--- Members of pg_monitor see every destination (figures only, never data or keys).
-CREATE VIEW vitally.metrics WITH (security_barrier) AS
-SELECT d.name AS destination,
-       coalesce(q.pending, 0) AS pending,
-       coalesce(EXTRACT(epoch FROM pg_catalog.now() - q.oldest)::float8, 0) AS oldest_pending_seconds,
-       coalesce(st.delivered_5m, 0)::float8 / 300 AS delivered_per_second,
-       coalesce(st.delivered_1h, 0) AS delivered_last_hour,
-       coalesce(st.failed_1h, 0) AS failed_last_hour,
-       coalesce(st.retried_1h, 0) AS retried_last_hour,
-       coalesce(st.rate_limited_1h, 0) AS rate_limited_last_hour,
-       coalesce(f.failed, 0) AS failed_now,
-       vitally.worker_pid() IS NOT NULL AS worker_up,
-       vitally.worker_status() AS worker_status
-  FROM vitally.destination d
-  LEFT JOIN LATERAL (SELECT pg_catalog.count(*) AS pending, pg_catalog.min(r.queued_at) AS oldest
-                       FROM vitally.sync s JOIN vitally.record r ON r.sync_id = s.id AND r.status = 'pending'
-                      WHERE s.destination_id = d.id) q ON true
-  LEFT JOIN LATERAL (SELECT pg_catalog.count(*) AS failed
-                       FROM vitally.sync s JOIN vitally.record r
-                            ON r.sync_id = s.id AND r.status = 'failed' AND r.replaced_at IS NULL
-                      WHERE s.destination_id = d.id) f ON true
-  LEFT JOIN LATERAL (SELECT pg_catalog.sum(x.delivered) FILTER (WHERE x.minute >= pg_catalog.now() - interval '5 minutes')::bigint AS delivered_5m,
-                            pg_catalog.sum(x.delivered)::bigint AS delivered_1h,
-                            pg_catalog.sum(x.failed)::bigint AS failed_1h,
-                            pg_catalog.sum(x.retried)::bigint AS retried_1h,
-                            pg_catalog.sum(x.rate_limited)::bigint AS rate_limited_1h
-                       FROM vitally.delivery_stats x
-                      WHERE x.destination_id = d.id AND x.minute >= pg_catalog.now() - interval '1 hour') st ON true
- WHERE pg_catalog.pg_has_role(d.owner, 'USAGE') OR pg_catalog.pg_has_role('pg_monitor', 'USAGE');
-
-REVOKE ALL ON vitally.metrics FROM PUBLIC;
-GRANT SELECT ON vitally.metrics TO vitally_user, pg_monitor;
-GRANT USAGE ON SCHEMA vitally TO pg_monitor;
-
 -- Runs count their pending records (see below), and say whether a watch planned them.
 ALTER TABLE vitally.sync_run ADD COLUMN records_pending bigint NOT NULL DEFAULT 0;
 -- Live syncs (src/watching.rs, src/live_planner.rs, src/api/watches.rs), before the revocations below.
@@ -146,6 +110,49 @@ SELECT r.id,
   FROM vitally.sync_run r
   JOIN vitally.sync s ON s.id = r.sync_id
  WHERE pg_catalog.pg_has_role(s.owner, 'USAGE');
+
+-- After vitally.change, which it counts.
+-- One row per destination with the figures an operator alerts on; one flat row of
+-- numbers each, so a Prometheus postgres_exporter query can scrape it as it is.
+-- Members of pg_monitor see every destination (figures only, never data or keys).
+CREATE VIEW vitally.metrics WITH (security_barrier) AS
+SELECT d.name AS destination,
+       coalesce(q.pending, 0) AS pending,
+       coalesce(EXTRACT(epoch FROM pg_catalog.now() - q.oldest)::float8, 0) AS oldest_pending_seconds,
+       coalesce(st.delivered_5m, 0)::float8 / 300 AS delivered_per_second,
+       coalesce(st.delivered_1h, 0) AS delivered_last_hour,
+       coalesce(st.failed_1h, 0) AS failed_last_hour,
+       coalesce(st.retried_1h, 0) AS retried_last_hour,
+       coalesce(st.rate_limited_1h, 0) AS rate_limited_last_hour,
+       coalesce(f.failed, 0) AS failed_now,
+       vitally.worker_pid() IS NOT NULL AS worker_up,
+       vitally.worker_status() AS worker_status,
+       coalesce(lc.pending, 0) AS live_changes_pending,
+       coalesce(EXTRACT(epoch FROM pg_catalog.clock_timestamp() - lc.oldest)::float8, 0) AS live_lag_seconds
+  FROM vitally.destination d
+  LEFT JOIN LATERAL (SELECT pg_catalog.count(*) AS pending, pg_catalog.min(r.queued_at) AS oldest
+                       FROM vitally.sync s JOIN vitally.record r ON r.sync_id = s.id AND r.status = 'pending'
+                      WHERE s.destination_id = d.id) q ON true
+  LEFT JOIN LATERAL (SELECT pg_catalog.count(*) AS failed
+                       FROM vitally.sync s JOIN vitally.record r
+                            ON r.sync_id = s.id AND r.status = 'failed' AND r.replaced_at IS NULL
+                      WHERE s.destination_id = d.id) f ON true
+  LEFT JOIN LATERAL (SELECT pg_catalog.sum(x.delivered) FILTER (WHERE x.minute >= pg_catalog.now() - interval '5 minutes')::bigint AS delivered_5m,
+                            pg_catalog.sum(x.delivered)::bigint AS delivered_1h,
+                            pg_catalog.sum(x.failed)::bigint AS failed_1h,
+                            pg_catalog.sum(x.retried)::bigint AS retried_1h,
+                            pg_catalog.sum(x.rate_limited)::bigint AS rate_limited_1h
+                       FROM vitally.delivery_stats x
+                      WHERE x.destination_id = d.id AND x.minute >= pg_catalog.now() - interval '1 hour') st ON true
+  LEFT JOIN LATERAL (SELECT pg_catalog.count(*) AS pending, pg_catalog.min(c.changed_at) AS oldest
+                       FROM vitally.sync s JOIN vitally.change c ON c.sync_id = s.id
+                      WHERE s.destination_id = d.id) lc ON true
+ WHERE pg_catalog.pg_has_role(d.owner, 'USAGE') OR pg_catalog.pg_has_role('pg_monitor', 'USAGE');
+
+REVOKE ALL ON vitally.metrics FROM PUBLIC;
+GRANT SELECT ON vitally.metrics TO vitally_user, pg_monitor;
+GRANT USAGE ON SCHEMA vitally TO pg_monitor;
+
 CREATE VIEW vitally.watches WITH (security_barrier) AS
 SELECT s.name AS sync_name,
        w.relid AS table_name,
@@ -210,6 +217,8 @@ $$;
 -- The documented grants, and nothing else.
 GRANT USAGE ON SCHEMA vitally TO vitally_user, pg_monitor;
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA vitally TO vitally_user;
+-- Fired by the triggers vitally.watch() creates, never named in anyone's trigger.
+REVOKE EXECUTE ON FUNCTION vitally.watch_trigger() FROM vitally_user;
 GRANT SELECT ON vitally.destinations, vitally.syncs, vitally.sync_runs, vitally.records, vitally.sync_status, vitally.watches TO vitally_user;
 GRANT SELECT ON vitally.metrics TO vitally_user, pg_monitor;
 GRANT EXECUTE ON FUNCTION vitally.worker_pid(), vitally.worker_status() TO pg_monitor;

@@ -172,9 +172,9 @@ fn plan_sync(me: pg_sys::Oid, due: &Due) -> Result<()> {
         })
     })?;
     if every {
-        crate::planning::run(&sync, Pass::Run { full_resync: false }, &mut Progress::new(&sync.name))?;
+        crate::planning::run(&sync, Pass::Run { full_resync: false }, true, &mut Progress::new(&sync.name))?;
     } else if !keys.is_empty() {
-        crate::planning::run(&sync, Pass::Keys(&keys), &mut Progress::new(&sync.name))?;
+        crate::planning::run(&sync, Pass::Keys(&keys), true, &mut Progress::new(&sync.name))?;
     }
     as_extension_owner(|| {
         Spi::connect_mut(|client| {

@@ -345,11 +345,12 @@ pub fn stage(sync: &SyncRow, prepared: &Prepared, pass: Pass, progress: &mut Pro
 /// A run of `sync`: planned (all its rows, or the keys of a live re-plan), queued,
 /// finished if nothing was queued; the worker is woken when the transaction commits.
 /// A run of every row also takes every mark its watches made before it: it sees
-/// those changes. Returns the run's id.
-pub fn run(sync: &SyncRow, pass: Pass, progress: &mut Progress) -> Result<i64> {
+/// those changes. `live`: the live planner asked for it (it took the marks itself).
+/// Returns the run's id.
+pub fn run(sync: &SyncRow, pass: Pass, live: bool, progress: &mut Progress) -> Result<i64> {
     let prepared = prepare_stored(sync)?;
     let (full_resync, live) = match pass {
-        Pass::Run { full_resync } => (full_resync, false),
+        Pass::Run { full_resync } => (full_resync, live),
         _ => (false, true),
     };
     let run_id = as_extension_owner(|| {

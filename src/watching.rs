@@ -35,6 +35,8 @@ pub enum WatchError {
     BadKey { table: String, message: String },
     #[error("sync \"{sync}\" does not watch table {table}")]
     NotWatched { sync: String, table: String },
+    #[error("vitally.watch_trigger() is only for the triggers vitally.watch() creates")]
+    ForeignTrigger,
 }
 
 impl From<WatchError> for ErrorReport {
@@ -53,6 +55,7 @@ impl From<WatchError> for ErrorReport {
             OwnerCannotLogIn(owner) => (C::ERRCODE_INSUFFICIENT_PRIVILEGE, Some(format!("ALTER ROLE {owner} LOGIN; or have a role that can log in own the sync."))),
             BadKey { .. } => (C::ERRCODE_INVALID_PARAMETER_VALUE, Some("Give a column of the table, or an expression over its columns such as lower(email).".into())),
             NotWatched { .. } => (C::ERRCODE_UNDEFINED_OBJECT, Some("SELECT * FROM vitally.watches lists the tables your syncs watch.".into())),
+            ForeignTrigger => (C::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED, Some("Drop this trigger; SELECT vitally.watch(sync, table) watches a table.".into())),
         };
         report(code, e.to_string(), hint)
     }
@@ -87,6 +90,7 @@ fn keys_sql(key: &str, sources: &[&str]) -> String {
 
 struct Watch {
     sync_id: i64,
+    relid: pg_sys::Oid,
     owner: pg_sys::Oid,
     key: String,
     search_path: std::ffi::CString,
@@ -95,7 +99,7 @@ struct Watch {
 fn mark(trigger: &PgTrigger<'_>) -> Result<()> {
     let args = trigger.extra_args().unwrap_or_default();
     let Some(watch_id) = args.first().and_then(|a| a.parse::<i64>().ok()) else {
-        return Err(crate::errors::Internal::Broken("vitally.watch_trigger() is only for the triggers vitally.watch() creates".into()).into());
+        return Err(WatchError::ForeignTrigger.into());
     };
     let data = trigger.trigger_data();
     let event = data.tg_event;
@@ -103,6 +107,12 @@ fn mark(trigger: &PgTrigger<'_>) -> Result<()> {
     let Some(watch) = as_extension_owner(|| Spi::connect(|client| find(client, watch_id)))? else {
         return Ok(());
     };
+    // Only on the table watched, once per statement: a trigger of one's own naming
+    // another's watch would run that watch's key, as its owner, over one's own rows.
+    let relid = unsafe { (*data.tg_relation).rd_id };
+    if relid != watch.relid || event & pg_sys::TRIGGER_EVENT_ROW != 0 || event & pg_sys::TRIGGER_EVENT_TIMINGMASK != pg_sys::TRIGGER_EVENT_AFTER {
+        return Err(WatchError::ForeignTrigger.into());
+    }
     let truncate = event & pg_sys::TRIGGER_EVENT_OPMASK == pg_sys::TRIGGER_EVENT_TRUNCATE;
     let keys: Option<Vec<String>> = if truncate {
         None
@@ -163,7 +173,7 @@ fn mark(trigger: &PgTrigger<'_>) -> Result<()> {
 fn find(client: &SpiClient<'_>, watch_id: i64) -> Result<Option<Watch>> {
     let row = client
         .select(
-            "SELECT w.sync_id, s.owner::pg_catalog.oid AS owner, w.key_expr, w.search_path
+            "SELECT w.sync_id, w.relid::pg_catalog.oid AS relid, s.owner::pg_catalog.oid AS owner, w.key_expr, w.search_path
                FROM vitally.watch w JOIN vitally.sync s ON s.id = w.sync_id WHERE w.id = $1",
             Some(1),
             &[watch_id.into()],
@@ -174,6 +184,7 @@ fn find(client: &SpiClient<'_>, watch_id: i64) -> Result<Option<Watch>> {
     }
     Ok(Some(Watch {
         sync_id: row.required("sync_id")?,
+        relid: row.required("relid")?,
         owner: row.required("owner")?,
         key: row.required("key_expr")?,
         search_path: std::ffi::CString::new(row.required::<String>("search_path")?).unwrap_or_default(),
@@ -291,16 +302,54 @@ pub fn check(owner: pg_sys::Oid, owner_name: &str, table: &Table, key: &str, sea
         return Err(WatchError::OwnerCannotLogIn(owner_name.to_string()).into());
     }
     let sql = format!("{} LIMIT 0", keys_sql(key, &[&format!("ONLY {}", table.name)]));
-    let statements = crate::planning::statements(&sql);
     let bad = |message: String| WatchError::BadKey { table: table.name.clone(), message };
-    if statements != 1 || key.trim().is_empty() {
-        return Err(bad("it closes a parenthesis it did not open, or is empty".into()).into());
+    // Parsed as it will be read (standard_conforming_strings on); a syntax error is the key's.
+    match in_subtransaction(|| with_pinned(|| one_expression(key))) {
+        Ok(true) => {}
+        Ok(false) => return Err(bad("it closes a parenthesis it did not open, or is empty".into()).into()),
+        Err(message) => return Err(bad(message).into()),
     }
     let tried = in_subtransaction(|| sandboxed_with_path(owner, search_path, || Spi::connect(|client| client.select(&sql, None, &[]).map(|_| ()))));
     match tried {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(bad(e.to_string()).into()),
         Err(message) => Err(bad(message).into()),
+    }
+}
+
+/// Whether `key` is one expression and nothing else: `SELECT (<key>)` parses as one
+/// plain SELECT of one column, with no FROM, WHERE, set operation or other clause (a key
+/// such as `id), (1` or `id) FROM t UNION SELECT (1` would otherwise pass for one).
+/// A syntax error is raised.
+fn one_expression(key: &str) -> bool {
+    if key.trim().is_empty() {
+        return false;
+    }
+    let text = std::ffi::CString::new(format!("SELECT ({key})")).unwrap_or_default();
+    unsafe {
+        let list = pg_sys::raw_parser(text.as_ptr(), pg_sys::RawParseMode::RAW_PARSE_DEFAULT);
+        if list.is_null() || (*list).length != 1 {
+            return false;
+        }
+        let raw = pg_sys::list_nth(list, 0) as *mut pg_sys::RawStmt;
+        let stmt = (*raw).stmt;
+        if stmt.is_null() || (*stmt).type_ != pg_sys::NodeTag::T_SelectStmt {
+            return false;
+        }
+        let s = stmt as *mut pg_sys::SelectStmt;
+        let s = &*s;
+        let length = |l: *mut pg_sys::List| if l.is_null() { 0 } else { (*l).length };
+        s.op == pg_sys::SetOperation::SETOP_NONE
+            && length(s.targetList) == 1
+            && [s.distinctClause, s.fromClause, s.groupClause, s.windowClause, s.valuesLists, s.sortClause, s.lockingClause]
+                .iter()
+                .all(|l| l.is_null())
+            && s.intoClause.is_null()
+            && s.whereClause.is_null()
+            && s.havingClause.is_null()
+            && s.limitOffset.is_null()
+            && s.limitCount.is_null()
+            && s.withClause.is_null()
     }
 }
 

@@ -22,7 +22,7 @@ mod vitally {
         if !sync.enabled {
             return Err(CatalogError::SyncDisabled(name.to_string()).into());
         }
-        let run_id = crate::planning::run(&sync, Pass::Run { full_resync }, &mut Progress::new(name))?;
+        let run_id = crate::planning::run(&sync, Pass::Run { full_resync }, false, &mut Progress::new(name))?;
         crate::doorbell::warn_if_not_delivering();
         Ok(run_id)
     }

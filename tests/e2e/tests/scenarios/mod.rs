@@ -17,6 +17,7 @@ mod s13_elevation;
 mod s14_new_user;
 mod s15_scale;
 mod s16_databases;
+mod s17_live;
 
 /// Every scenario, as test trials named `<file>::<test>`.
 pub fn all() -> Vec<Trial> {
@@ -38,6 +39,7 @@ pub fn all() -> Vec<Trial> {
     trials.extend(s14_new_user::trials());
     trials.extend(s15_scale::trials());
     trials.extend(s16_databases::trials());
+    trials.extend(s17_live::trials());
     trials
 }
 
