@@ -59,13 +59,47 @@ impl From<NotInstalled> for pgrx::pg_sys::panic::ErrorReport {
 
 /// The extension's owner, found through the catalog cache: no SQL, so nothing the
 /// session has set can change what it means.
+/// Kept for the rest of the transaction (a watch's trigger switches to it after every
+/// statement that changes a watched table).
 fn extension_owner() -> Result<pg_sys::Oid, crate::errors::Error> {
     let ext = unsafe { pg_sys::get_extension_oid(c"vitally_sync".as_ptr(), true) };
     if ext == pg_sys::InvalidOid {
         return Err(NotInstalled.into());
     }
-    let owner = with_pinned(|| Spi::get_one_with_args::<pg_sys::Oid>("SELECT extowner FROM pg_catalog.pg_extension WHERE oid = $1", &[ext.into()]))?;
-    Ok(owner.ok_or(NotInstalled)?)
+    let xact = unsafe { (*pg_sys::MyProc).lxid };
+    if let Some((at, of, owner)) = OWNER.get() {
+        if at == xact && of == ext {
+            return Ok(owner);
+        }
+    }
+    let owner = unsafe { owner_of(ext) }.ok_or(NotInstalled)?;
+    OWNER.set(Some((xact, ext, owner)));
+    Ok(owner)
+}
+
+/// `pg_extension.extowner` of extension `ext`, read by its index as `get_extension_oid`
+/// reads it by name: no SQL to plan on a writer's every transaction.
+unsafe fn owner_of(ext: pg_sys::Oid) -> Option<pg_sys::Oid> {
+    let rel = pg_sys::table_open(pg_sys::ExtensionRelationId, pg_sys::AccessShareLock as i32);
+    let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
+    pg_sys::ScanKeyInit(
+        &mut key,
+        pg_sys::Anum_pg_extension_oid as pg_sys::AttrNumber,
+        pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
+        pg_sys::Oid::from(pg_sys::F_OIDEQ),
+        ext.into(),
+    );
+    let scan = pg_sys::systable_beginscan(rel, pg_sys::Oid::from(pg_sys::ExtensionOidIndexId), true, std::ptr::null_mut(), 1, &mut key);
+    let tuple = pg_sys::systable_getnext(scan);
+    let owner = (!tuple.is_null()).then(|| (*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_extension>(tuple)).extowner);
+    pg_sys::systable_endscan(scan);
+    pg_sys::table_close(rel, pg_sys::AccessShareLock as i32);
+    owner
+}
+
+thread_local! {
+    /// The extension's owner as found in a transaction (its local id), for that extension.
+    static OWNER: std::cell::Cell<Option<(pg_sys::LocalTransactionId, pg_sys::Oid, pg_sys::Oid)>> = const { std::cell::Cell::new(None) };
 }
 
 /// Runs `f` as the extension's owner with `PINNED` settings, then switches back (on an

@@ -63,6 +63,12 @@ pub struct Slot {
     /// queued records from its own wake-ups (new records may sort before where its
     /// claims resume).
     rings: AtomicU64,
+    /// Bumped by commits that marked changes of watched tables (for the live planners),
+    /// at most once per `LIVE_RING_EVERY_MS`: a writer committing thousands of times a
+    /// second must not make the worker look thousands of times (it looks every second
+    /// anyway, and a running planner every 100 ms).
+    live_rings: AtomicU64,
+    live_rung_at: AtomicU64,
     /// A DROP, RENAME or copy of the database is under way: no worker until then (ms
     /// since the epoch).
     paused_until: AtomicU64,
@@ -76,6 +82,8 @@ impl Slot {
         pid: AtomicI32::new(0),
         state: AtomicU32::new(0),
         rings: AtomicU64::new(0),
+        live_rings: AtomicU64::new(0),
+        live_rung_at: AtomicU64::new(0),
         paused_until: AtomicU64::new(0),
     };
 
@@ -114,6 +122,9 @@ impl Slot {
     }
     pub fn rings(&self) -> u64 {
         self.rings.load(Ordering::Relaxed)
+    }
+    pub fn live_rings(&self) -> u64 {
+        self.live_rings.load(Ordering::Relaxed)
     }
     pub fn paused(&self) -> bool {
         self.paused_until.load(Ordering::Acquire) > now_ms()
@@ -242,6 +253,24 @@ pub fn ring() {
     if let Some(s) = own_slot() {
         s.rings.fetch_add(1, Ordering::Relaxed);
         set_latch(s.pid());
+    }
+}
+
+const LIVE_RING_EVERY_MS: u64 = 100;
+
+/// Wakes this database's worker for marks a commit made, unless another commit did
+/// within the last `LIVE_RING_EVERY_MS`.
+pub fn ring_live() {
+    if let Some(s) = own_slot() {
+        let now = now_ms();
+        let last = s.live_rung_at.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < LIVE_RING_EVERY_MS {
+            return;
+        }
+        if s.live_rung_at.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+            s.live_rings.fetch_add(1, Ordering::Relaxed);
+            set_latch(s.pid());
+        }
     }
 }
 

@@ -17,8 +17,10 @@ use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::PgTryBuilder;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
+use std::rc::Rc;
 
 /// What a user can get wrong about a watch.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +96,128 @@ struct Watch {
     owner: pg_sys::Oid,
     key: String,
     search_path: std::ffi::CString,
+    /// When the key is a plain column whose output is its `::text`: read straight from
+    /// the transition tables, with no SQL (what most watches are, at a writer's cost of
+    /// microseconds).
+    column: Option<KeyColumn>,
+}
+
+struct KeyColumn {
+    attnum: i16,
+    output: pg_sys::Oid,
+}
+
+thread_local! {
+    /// The watches this backend's triggers fired for, until the watched table's relcache
+    /// entry is invalidated: creating or dropping triggers does that (watch, unwatch,
+    /// drop_sync), `watch()` does it when it changes a key, and so does any ALTER TABLE.
+    static WATCHES: RefCell<HashMap<i64, Rc<Watch>>> = RefCell::new(HashMap::new());
+    static FORGETTING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Appends the marks to `vitally.change` as Postgres's own code appends catalog rows:
+/// straight into the heap (logged, counted, visible at commit like any insert), with no
+/// SQL, no planning and no switch of user, which a writer would pay after every
+/// statement. The values are ours; the table has no index, trigger, rule or check to
+/// keep. Returns false, having written nothing, if it has one now (then SQL does it).
+unsafe fn append_marks(watch_id: i64, sync_id: i64, keys: Option<&[String]>) -> Result<bool> {
+    let schema = pg_sys::get_namespace_oid(c"vitally".as_ptr(), false);
+    let relid = pg_sys::get_relname_relid(c"change".as_ptr(), schema);
+    if relid == pg_sys::InvalidOid {
+        return Err(crate::errors::Internal::Broken("table vitally.change is missing".into()).into());
+    }
+    let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as i32);
+    let desc = (*rel).rd_att;
+    let plain = !(*(*rel).rd_rel).relhasindex
+        && (*(*rel).rd_rel).relkind == pg_sys::RELKIND_RELATION as std::ffi::c_char
+        && (*rel).trigdesc.is_null()
+        && (*rel).rd_rules.is_null()
+        && ((*desc).constr.is_null() || (*(*desc).constr).num_check == 0)
+        && (*desc).natts == 4;
+    if !plain {
+        pg_sys::table_close(rel, pg_sys::RowExclusiveLock as i32);
+        return Ok(false);
+    }
+    let now = pg_sys::GetCurrentTimestamp();
+    let mut values = [pg_sys::Datum::from(watch_id), pg_sys::Datum::from(sync_id), pg_sys::Datum::from(0usize), pg_sys::Datum::from(now)];
+    let mut nulls = [false, false, true, false];
+    let mut append = |key: Option<&str>| {
+        let text = key.map(|k| pg_sys::cstring_to_text_with_len(k.as_ptr().cast(), k.len() as i32));
+        values[2] = text.map(pg_sys::Datum::from).unwrap_or(pg_sys::Datum::from(0usize));
+        nulls[2] = text.is_none();
+        let tuple = pg_sys::heap_form_tuple(desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+        pg_sys::simple_heap_insert(rel, tuple);
+        pg_sys::heap_freetuple(tuple);
+        if let Some(t) = text {
+            pg_sys::pfree(t.cast());
+        }
+    };
+    match keys {
+        Some(keys) => keys.iter().for_each(|k| append(Some(k))),
+        None => append(None),
+    }
+    // The lock is held to the end of the transaction, as for any insert.
+    pg_sys::table_close(rel, pg_sys::NoLock as i32);
+    Ok(true)
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn forget(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    WATCHES.with(|w| {
+        if let Ok(mut w) = w.try_borrow_mut() {
+            if relid == pg_sys::InvalidOid {
+                w.clear();
+            } else {
+                w.retain(|_, watch| watch.relid != relid);
+            }
+        }
+    });
+}
+
+fn cached(watch_id: i64) -> Result<Option<Rc<Watch>>> {
+    if let Some(w) = WATCHES.with(|w| w.borrow().get(&watch_id).cloned()) {
+        return Ok(Some(w));
+    }
+    if !FORGETTING.replace(true) {
+        unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(forget), pg_sys::Datum::from(0)) };
+    }
+    let found = as_extension_owner(|| Spi::connect(|client| find(client, watch_id)))?.map(Rc::new);
+    if let Some(w) = &found {
+        WATCHES.with(|all| all.borrow_mut().insert(watch_id, w.clone()));
+    }
+    Ok(found)
+}
+
+/// Tells every backend that cached the watches of `relid` to read them again.
+pub fn forget_watches_of(relid: pg_sys::Oid) {
+    unsafe { pg_sys::CacheInvalidateRelcacheByRelid(relid) };
+}
+
+/// The distinct non-NULL values of `column` in the statement's transition tables, as
+/// text, through a read pointer of our own (other triggers read the same stores).
+unsafe fn column_keys(data: &pg_sys::TriggerData, column: &KeyColumn) -> Vec<String> {
+    let desc = (*data.tg_relation).rd_att;
+    let mut keys = std::collections::HashSet::new();
+    for store in [data.tg_oldtable, data.tg_newtable] {
+        if store.is_null() {
+            continue;
+        }
+        let slot = pg_sys::MakeSingleTupleTableSlot(desc, &raw const pg_sys::TTSOpsMinimalTuple);
+        let reader = pg_sys::tuplestore_alloc_read_pointer(store, pg_sys::EXEC_FLAG_REWIND as i32);
+        pg_sys::tuplestore_select_read_pointer(store, reader);
+        pg_sys::tuplestore_rescan(store);
+        while pg_sys::tuplestore_gettupleslot(store, true, false, slot) {
+            let mut isnull = false;
+            let value = pg_sys::slot_getattr(slot, column.attnum as i32, &mut isnull);
+            if !isnull {
+                let text = pg_sys::OidOutputFunctionCall(column.output, value);
+                keys.insert(std::ffi::CStr::from_ptr(text).to_string_lossy().into_owned());
+                pg_sys::pfree(text.cast());
+            }
+        }
+        pg_sys::ExecDropSingleTupleTableSlot(slot);
+    }
+    keys.into_iter().collect()
 }
 
 fn mark(trigger: &PgTrigger<'_>) -> Result<()> {
@@ -104,7 +228,7 @@ fn mark(trigger: &PgTrigger<'_>) -> Result<()> {
     let data = trigger.trigger_data();
     let event = data.tg_event;
     // A watch dropped in this transaction, or a trigger left behind by hand: nothing to mark.
-    let Some(watch) = as_extension_owner(|| Spi::connect(|client| find(client, watch_id)))? else {
+    let Some(watch) = cached(watch_id)? else {
         return Ok(());
     };
     // Only on the table watched, once per statement: a trigger of one's own naming
@@ -116,6 +240,8 @@ fn mark(trigger: &PgTrigger<'_>) -> Result<()> {
     let truncate = event & pg_sys::TRIGGER_EVENT_OPMASK == pg_sys::TRIGGER_EVENT_TRUNCATE;
     let keys: Option<Vec<String>> = if truncate {
         None
+    } else if let Some(column) = &watch.column {
+        Some(unsafe { column_keys(data, column) })
     } else {
         let mut sources = Vec::new();
         if !data.tg_oldtable.is_null() {
@@ -149,23 +275,19 @@ fn mark(trigger: &PgTrigger<'_>) -> Result<()> {
     if keys.as_ref().is_some_and(|k| k.is_empty()) {
         return Ok(());
     }
-    as_extension_owner(|| {
-        Spi::connect_mut(|client| {
-            match &keys {
-                Some(keys) => client.update(
-                    "INSERT INTO vitally.change (watch_id, sync_id, sync_key) SELECT $1, $2, k FROM pg_catalog.unnest($3::pg_catalog.text[]) k",
+    if !unsafe { append_marks(watch_id, watch.sync_id, keys.as_deref()) }? {
+        // vitally.change is not as shipped (an index, a trigger someone added): by SQL.
+        as_extension_owner(|| {
+            Spi::connect_mut(|client| {
+                client.update(
+                    "INSERT INTO vitally.change (watch_id, sync_id, sync_key) SELECT $1, $2, k FROM pg_catalog.unnest(coalesce($3, ARRAY[NULL]::pg_catalog.text[])) k",
                     None,
-                    &[watch_id.into(), watch.sync_id.into(), keys.clone().into()],
-                )?,
-                None => client.update(
-                    "INSERT INTO vitally.change (watch_id, sync_id, sync_key) VALUES ($1, $2, NULL)",
-                    None,
-                    &[watch_id.into(), watch.sync_id.into()],
-                )?,
-            };
-            Ok(())
-        })
-    })?;
+                    &[watch_id.into(), watch.sync_id.into(), keys.into()],
+                )?;
+                Ok(())
+            })
+        })?;
+    }
     ring_on_commit();
     Ok(())
 }
@@ -173,8 +295,15 @@ fn mark(trigger: &PgTrigger<'_>) -> Result<()> {
 fn find(client: &SpiClient<'_>, watch_id: i64) -> Result<Option<Watch>> {
     let row = client
         .select(
-            "SELECT w.sync_id, w.relid::pg_catalog.oid AS relid, s.owner::pg_catalog.oid AS owner, w.key_expr, w.search_path
-               FROM vitally.watch w JOIN vitally.sync s ON s.id = w.sync_id WHERE w.id = $1",
+            "SELECT w.sync_id, w.relid::pg_catalog.oid AS relid, s.owner::pg_catalog.oid AS owner, w.key_expr, w.search_path,
+                    a.attnum, a.atttypid
+               FROM vitally.watch w JOIN vitally.sync s ON s.id = w.sync_id
+               LEFT JOIN pg_catalog.pg_attribute a
+                      ON a.attrelid = w.relid AND a.attnum > 0 AND NOT a.attisdropped
+                     AND pg_catalog.quote_ident(w.key_expr) = w.key_expr AND a.attname = w.key_expr::pg_catalog.name
+                     -- types whose ::text is their output
+                     AND a.atttypid = ANY ('{int2,int4,int8,text,varchar,uuid,numeric}'::pg_catalog.regtype[]::pg_catalog.oid[])
+              WHERE w.id = $1",
             Some(1),
             &[watch_id.into()],
         )?
@@ -188,6 +317,14 @@ fn find(client: &SpiClient<'_>, watch_id: i64) -> Result<Option<Watch>> {
         owner: row.required("owner")?,
         key: row.required("key_expr")?,
         search_path: std::ffi::CString::new(row.required::<String>("search_path")?).unwrap_or_default(),
+        column: match (row.optional::<i16>("attnum")?, row.optional::<pg_sys::Oid>("atttypid")?) {
+            (Some(attnum), Some(typid)) => {
+                let (mut output, mut varlena) = (pg_sys::InvalidOid, false);
+                unsafe { pg_sys::getTypeOutputInfo(typid, &mut output, &mut varlena) };
+                Some(KeyColumn { attnum, output })
+            }
+            _ => None,
+        },
     }))
 }
 
@@ -234,7 +371,7 @@ fn ring_on_commit() {
     }
     pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, || {
         RINGING.set(false);
-        crate::doorbell::wake();
+        crate::roster::ring_live();
     });
     pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Abort, || RINGING.set(false));
 }

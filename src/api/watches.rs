@@ -8,7 +8,7 @@ mod vitally {
     use crate::catalog::owned_sync;
     use crate::elevation::{as_extension_owner, caller};
     use crate::errors::Row;
-    use crate::watching::{check, create_triggers, drop_triggers, resolve, WatchError};
+    use crate::watching::{check, create_triggers, drop_triggers, forget_watches_of, resolve, WatchError};
     use pgrx::pg_sys::panic::ErrorReport;
     use pgrx::prelude::*;
 
@@ -45,6 +45,9 @@ mod vitally {
                 let id: i64 = row.required("id")?;
                 if row.required::<bool>("created")? {
                     create_triggers(client, id, &table)?;
+                } else {
+                    // A new key: backends that cached the old one read it again.
+                    forget_watches_of(table.oid);
                 }
                 Ok(id)
             })

@@ -218,6 +218,8 @@ struct Worker {
     /// The doorbell's count as last seen, when records were last claimed, and whether
     /// that claim found any.
     rings: u64,
+    /// The slot's live rings last seen (commits that marked watched changes).
+    live_rings: u64,
     last_claim: Instant,
     claimed_some: bool,
     /// The live planners this worker started, one per owner of watched syncs with changes.
@@ -292,7 +294,10 @@ impl Worker {
             self.cursors.reset();
             self.cursors_reset = Instant::now();
         }
-        self.planners.tick(unsafe { pg_sys::MyDatabaseId }, rang);
+        let live_rings = self.slot.live_rings();
+        let live_rang = live_rings != self.live_rings;
+        self.live_rings = live_rings;
+        self.planners.tick(unsafe { pg_sys::MyDatabaseId }, live_rang);
 
         let prune_at = if self.in_flight.is_empty() { self.next_prune } else { self.next_prune.max(self.last_prune + PRUNE_EVERY_BUSY) };
         if Instant::now() >= prune_at {
@@ -438,6 +443,7 @@ pub extern "C-unwind" fn vitally_sync_worker_main(arg: pg_sys::Datum) {
         cursors: Cursors::default(),
         cursors_reset: Instant::now(),
         rings: slot.rings(),
+        live_rings: slot.live_rings(),
         last_claim: Instant::now(),
         claimed_some: false,
         planners: Default::default(),

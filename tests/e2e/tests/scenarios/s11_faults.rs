@@ -81,7 +81,13 @@ fn connections_dropped_mid_response_lose_nothing() {
     emulator_destination(&mut db, "fault_drop_d", &vitally);
     accounts_sync(&mut db, "fault_drop", "fault_drop_d", 2_000);
     let run: i64 = scalar(&mut db, "SELECT vitally.sync('fault_drop')");
-    assert_eq!(scalar::<String>(&mut db, &format!("SELECT vitally.wait({run}, '120 seconds')")), "succeeded");
+    let status: String = scalar(&mut db, &format!("SELECT vitally.wait({run}, '120 seconds')"));
+    let errors: String = scalar(
+        &mut db,
+        "SELECT coalesce(string_agg(DISTINCT attempts || ' attempts, ' || coalesce(http_status::text, 'no status') || ': ' || error, '; '), '')
+           FROM vitally.records WHERE sync_name = 'fault_drop' AND status = 'failed'",
+    );
+    assert_eq!(status, "succeeded", "failed records: {errors}");
     let (delivered, other, _, most) = fates(&mut db, "fault_drop");
     assert_eq!((delivered, other), (2_000, 0));
     assert!(most >= 2, "some batch was dropped and sent again");

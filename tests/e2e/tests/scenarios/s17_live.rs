@@ -23,6 +23,7 @@ crate::trials!("17_live":
     a_writers_settings_and_functions_never_reach_the_key_expression,
     a_failing_key_never_fails_the_writer_and_plans_every_key_instead,
     unwatch_stops_marking_and_a_full_sync_still_reconciles,
+    a_new_key_reaches_sessions_that_marked_with_the_old_one,
 );
 
 fn app() -> Client {
@@ -528,4 +529,32 @@ fn unwatch_stops_marking_and_a_full_sync_still_reconciles() {
     assert_eq!(sync_and_wait(&mut db, "lv_un", 60), "succeeded");
     assert_eq!(vitally.counters().messages - before, 1, "vitally.sync() finds what no watch saw");
     assert_eq!(vitally.object("accounts", "1").unwrap().traits["seats"], 55);
+}
+
+/// Sessions keep the watches their statements marked for; `watch()` with a new key
+/// tells them all to read it again. (The sync is paused so the marks stay to be read.)
+fn a_new_key_reaches_sessions_that_marked_with_the_old_one() {
+    let vitally = emulator(Faults::default());
+    let mut db = app();
+    watched_accounts(&mut db, "lv_rekey", &vitally, 3, false);
+    // Alone in its transaction: it locks the sync, a write before any other.
+    db.execute("SELECT vitally.alter_sync('lv_rekey', enabled => false)", &[]).unwrap();
+    let mut writer = cluster().connect(APP_DB, "postgres");
+    let keys = |db: &mut Client| -> Vec<String> {
+        db.query(
+            "SELECT c.sync_key FROM vitally.change c JOIN vitally.sync s ON s.id = c.sync_id WHERE s.name = 'lv_rekey' ORDER BY c.changed_at",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+    };
+    writer.batch_execute("UPDATE lv_rekey SET seats = 10 WHERE id = 1").unwrap();
+    assert_eq!(keys(&mut db), ["1"]);
+    db.batch_execute("SELECT vitally.watch('lv_rekey', 'lv_rekey', key => 'id + 100')").unwrap();
+    writer.batch_execute("UPDATE lv_rekey SET seats = 20 WHERE id = 2").unwrap();
+    assert_eq!(keys(&mut db), ["1", "102"], "the writer's session read the new key");
+    let key: String = scalar(&mut db, "SELECT key FROM vitally.watches WHERE sync_name = 'lv_rekey'");
+    assert_eq!(key, "id + 100");
 }
