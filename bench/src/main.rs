@@ -4,13 +4,15 @@
 //! BENCH_ROWS (default 1,000,000) sizes the planning runs and the queue drained for
 //! the worker's memory; BENCH_DELIVERY (default 20,000) the delivery runs; BENCH_DRAIN
 //! (default BENCH_ROWS) the large queue drained;
-//! BENCH_ONLY=planning or delivery runs one half.
+//! BENCH_LIVE_SECONDS (default 60) the steady stream of live changes;
+//! BENCH_ONLY=planning, delivery, live or rest runs one part.
 
 use std::time::{Duration, Instant};
 use vitally_e2e::{deliver_by_hand, eventually, scalar, Client, Cluster};
 use vitally_emulator::{Config, Emulator, Faults};
 
 mod cpu;
+mod live;
 mod memory;
 
 /// One line of the table: a figure, and the baseline it is compared with.
@@ -37,6 +39,9 @@ fn main() {
     }
     if only.is_empty() || only == "delivery" {
         delivery(delivery_n, drain_n, &mut table);
+    }
+    if only.is_empty() || only == "live" {
+        live::live(rows_n, env("BENCH_LIVE_SECONDS", 60), &mut table);
     }
     if only.is_empty() || only == "rest" {
         rest(env("BENCH_REST", 3_000), &mut table);
