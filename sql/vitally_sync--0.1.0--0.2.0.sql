@@ -87,6 +87,13 @@ CREATE FUNCTION vitally."unwatch"(
 STRICT VOLATILE
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'unwatch_wrapper';
+CREATE FUNCTION vitally."explain_live"(
+	"name" TEXT,
+	"keys" TEXT[] DEFAULT NULL
+) RETURNS SETOF TEXT
+VOLATILE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'explain_live_wrapper';
 CREATE FUNCTION vitally."watch_trigger"()
 	RETURNS TRIGGER
 	LANGUAGE c

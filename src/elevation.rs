@@ -104,7 +104,12 @@ thread_local! {
 
 /// Runs `f` as the extension's owner with `PINNED` settings, then switches back (on an
 /// error value too; an ERROR aborts the transaction, which switches back itself).
+///
+/// The transaction gets an id first: pgrx runs SPI statements read-only until it has one,
+/// and read-only a statement sees the snapshot of the first (`vitally.wait` polls) and
+/// may not lock rows (FOR UPDATE in a sync's query, in our catalog reads).
 pub fn as_extension_owner<R>(f: impl FnOnce() -> Result<R, crate::errors::Error>) -> Result<R, crate::errors::Error> {
+    unsafe { pg_sys::GetCurrentTransactionId() };
     let owner = extension_owner()?;
     with_pinned(|| as_user(owner, pg_sys::SECURITY_LOCAL_USERID_CHANGE, f))
 }

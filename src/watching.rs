@@ -39,6 +39,8 @@ pub enum WatchError {
     NotWatched { sync: String, table: String },
     #[error("vitally.watch_trigger() is only for the triggers vitally.watch() creates")]
     ForeignTrigger,
+    #[error("sync \"{0}\" has delivered nothing yet, so there are no keys to explain with")]
+    NoKeysToExplain(String),
 }
 
 impl From<WatchError> for ErrorReport {
@@ -57,6 +59,10 @@ impl From<WatchError> for ErrorReport {
             OwnerCannotLogIn(owner) => (C::ERRCODE_INSUFFICIENT_PRIVILEGE, Some(format!("ALTER ROLE {owner} LOGIN; or have a role that can log in own the sync."))),
             BadKey { .. } => (C::ERRCODE_INVALID_PARAMETER_VALUE, Some("Give a column of the table, or an expression over its columns such as lower(email).".into())),
             NotWatched { .. } => (C::ERRCODE_UNDEFINED_OBJECT, Some("SELECT * FROM vitally.watches lists the tables your syncs watch.".into())),
+            NoKeysToExplain(name) => (
+                C::ERRCODE_INVALID_PARAMETER_VALUE,
+                Some(format!("Name some: SELECT * FROM vitally.explain_live('{name}', keys => ARRAY['a key', 'another']);")),
+            ),
             ForeignTrigger => (C::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED, Some("Drop this trigger; SELECT vitally.watch(sync, table) watches a table.".into())),
         };
         report(code, e.to_string(), hint)
@@ -96,12 +102,12 @@ struct Watch {
     owner: pg_sys::Oid,
     key: String,
     search_path: std::ffi::CString,
-    /// When the key is a plain column whose output is its `::text`: read straight from
-    /// the transition tables, with no SQL (what most watches are, at a writer's cost of
-    /// microseconds).
-    column: Option<KeyColumn>,
 }
 
+/// A key that is a plain column whose output is its `::text`: read straight from the
+/// transition tables, with no SQL (what most watches are, at a writer's cost of
+/// microseconds). Found in the relation as the statement sees it, never cached: a column
+/// retyped or renamed since is read as it is now.
 struct KeyColumn {
     attnum: i16,
     output: pg_sys::Oid,
@@ -133,7 +139,11 @@ unsafe fn append_marks(watch_id: i64, sync_id: i64, keys: Option<&[String]>) -> 
         && (*rel).trigdesc.is_null()
         && (*rel).rd_rules.is_null()
         && ((*desc).constr.is_null() || (*(*desc).constr).num_check == 0)
-        && (*desc).natts == 4;
+        && (*desc).natts == 4
+        && [pg_sys::INT8OID, pg_sys::INT8OID, pg_sys::TEXTOID, pg_sys::TIMESTAMPTZOID].iter().enumerate().all(|(i, &t)| {
+            let att = &*(*desc).attrs.as_ptr().add(i);
+            att.atttypid == t && !att.attisdropped
+        });
     if !plain {
         pg_sys::table_close(rel, pg_sys::RowExclusiveLock as i32);
         return Ok(false);
@@ -182,11 +192,50 @@ fn cached(watch_id: i64) -> Result<Option<Rc<Watch>>> {
         unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(forget), pg_sys::Datum::from(0)) };
     }
     let found = as_extension_owner(|| Spi::connect(|client| find(client, watch_id)))?.map(Rc::new);
-    if let Some(w) = &found {
+    // Read with the transaction's snapshot: under REPEATABLE READ that may be older than
+    // a watch() that changed the key (and whose invalidation came first), so kept only
+    // for this statement.
+    let repeatable = unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32;
+    if let (Some(w), false) = (&found, repeatable) {
         WATCHES.with(|all| all.borrow_mut().insert(watch_id, w.clone()));
     }
     Ok(found)
 }
+
+/// Types whose output function gives what `::pg_catalog.text` gives.
+const TEXT_IS_OUTPUT: [pg_sys::Oid; 7] =
+    [pg_sys::INT2OID, pg_sys::INT4OID, pg_sys::INT8OID, pg_sys::TEXTOID, pg_sys::VARCHAROID, pg_sys::UUIDOID, pg_sys::NUMERICOID];
+
+/// The column `key` names in `rel`, if the key is a plain column (an identifier that
+/// needs no quoting: not a keyword, so `user` stays SQL) of one of those types, in a
+/// UTF-8 database (elsewhere the SQL path decodes the text as it must).
+unsafe fn plain_column(rel: pg_sys::Relation, key: &str) -> Option<KeyColumn> {
+    if pg_sys::GetDatabaseEncoding() != pg_sys::pg_enc::PG_UTF8 as i32 {
+        return None;
+    }
+    let name = std::ffi::CString::new(key).ok()?;
+    if std::ffi::CStr::from_ptr(pg_sys::quote_identifier(name.as_ptr())) != name.as_c_str() {
+        return None;
+    }
+    let desc = (*rel).rd_att;
+    for i in 0..(*desc).natts as usize {
+        let att = &*(*desc).attrs.as_ptr().add(i);
+        if att.attisdropped || std::ffi::CStr::from_ptr(att.attname.data.as_ptr()) != name.as_c_str() {
+            continue;
+        }
+        if !TEXT_IS_OUTPUT.contains(&att.atttypid) {
+            return None;
+        }
+        let (mut output, mut varlena) = (pg_sys::InvalidOid, false);
+        pg_sys::getTypeOutputInfo(att.atttypid, &mut output, &mut varlena);
+        return Some(KeyColumn { attnum: att.attnum, output });
+    }
+    None
+}
+
+/// Beyond this many distinct keys in one statement, the sync is marked for a plan of
+/// every key instead (the keys are held in memory until the statement's marks are written).
+const MOST_KEYS: usize = 100_000;
 
 /// Tells every backend that cached the watches of `relid` to read them again.
 pub fn forget_watches_of(relid: pg_sys::Oid) {
@@ -195,7 +244,8 @@ pub fn forget_watches_of(relid: pg_sys::Oid) {
 
 /// The distinct non-NULL values of `column` in the statement's transition tables, as
 /// text, through a read pointer of our own (other triggers read the same stores).
-unsafe fn column_keys(data: &pg_sys::TriggerData, column: &KeyColumn) -> Vec<String> {
+/// None: more than `MOST_KEYS`, or not UTF-8 after all.
+unsafe fn column_keys(data: &pg_sys::TriggerData, column: &KeyColumn) -> Option<Vec<String>> {
     let desc = (*data.tg_relation).rd_att;
     let mut keys = std::collections::HashSet::new();
     for store in [data.tg_oldtable, data.tg_newtable] {
@@ -211,13 +261,22 @@ unsafe fn column_keys(data: &pg_sys::TriggerData, column: &KeyColumn) -> Vec<Str
             let value = pg_sys::slot_getattr(slot, column.attnum as i32, &mut isnull);
             if !isnull {
                 let text = pg_sys::OidOutputFunctionCall(column.output, value);
-                keys.insert(std::ffi::CStr::from_ptr(text).to_string_lossy().into_owned());
+                let key = std::str::from_utf8(std::ffi::CStr::from_ptr(text).to_bytes()).map(str::to_string);
                 pg_sys::pfree(text.cast());
+                match key {
+                    Ok(key) if keys.len() < MOST_KEYS || keys.contains(&key) => {
+                        keys.insert(key);
+                    }
+                    _ => {
+                        pg_sys::ExecDropSingleTupleTableSlot(slot);
+                        return None;
+                    }
+                }
             }
         }
         pg_sys::ExecDropSingleTupleTableSlot(slot);
     }
-    keys.into_iter().collect()
+    Some(keys.into_iter().collect())
 }
 
 fn mark(trigger: &PgTrigger<'_>) -> Result<()> {
@@ -240,8 +299,8 @@ fn mark(trigger: &PgTrigger<'_>) -> Result<()> {
     let truncate = event & pg_sys::TRIGGER_EVENT_OPMASK == pg_sys::TRIGGER_EVENT_TRUNCATE;
     let keys: Option<Vec<String>> = if truncate {
         None
-    } else if let Some(column) = &watch.column {
-        Some(unsafe { column_keys(data, column) })
+    } else if let Some(column) = unsafe { plain_column(data.tg_relation, &watch.key) } {
+        unsafe { column_keys(data, &column) }
     } else {
         let mut sources = Vec::new();
         if !data.tg_oldtable.is_null() {
@@ -295,15 +354,8 @@ fn mark(trigger: &PgTrigger<'_>) -> Result<()> {
 fn find(client: &SpiClient<'_>, watch_id: i64) -> Result<Option<Watch>> {
     let row = client
         .select(
-            "SELECT w.sync_id, w.relid::pg_catalog.oid AS relid, s.owner::pg_catalog.oid AS owner, w.key_expr, w.search_path,
-                    a.attnum, a.atttypid
-               FROM vitally.watch w JOIN vitally.sync s ON s.id = w.sync_id
-               LEFT JOIN pg_catalog.pg_attribute a
-                      ON a.attrelid = w.relid AND a.attnum > 0 AND NOT a.attisdropped
-                     AND pg_catalog.quote_ident(w.key_expr) = w.key_expr AND a.attname = w.key_expr::pg_catalog.name
-                     -- types whose ::text is their output
-                     AND a.atttypid = ANY ('{int2,int4,int8,text,varchar,uuid,numeric}'::pg_catalog.regtype[]::pg_catalog.oid[])
-              WHERE w.id = $1",
+            "SELECT w.sync_id, w.relid::pg_catalog.oid AS relid, s.owner::pg_catalog.oid AS owner, w.key_expr, w.search_path
+               FROM vitally.watch w JOIN vitally.sync s ON s.id = w.sync_id WHERE w.id = $1",
             Some(1),
             &[watch_id.into()],
         )?
@@ -317,14 +369,6 @@ fn find(client: &SpiClient<'_>, watch_id: i64) -> Result<Option<Watch>> {
         owner: row.required("owner")?,
         key: row.required("key_expr")?,
         search_path: std::ffi::CString::new(row.required::<String>("search_path")?).unwrap_or_default(),
-        column: match (row.optional::<i16>("attnum")?, row.optional::<pg_sys::Oid>("atttypid")?) {
-            (Some(attnum), Some(typid)) => {
-                let (mut output, mut varlena) = (pg_sys::InvalidOid, false);
-                unsafe { pg_sys::getTypeOutputInfo(typid, &mut output, &mut varlena) };
-                Some(KeyColumn { attnum, output })
-            }
-            _ => None,
-        },
     }))
 }
 

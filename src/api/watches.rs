@@ -56,12 +56,87 @@ mod vitally {
         Ok(id)
     }
 
+    /// How the live planner reads the sync's query for some changed keys (`keys`, or up to
+    /// 100 keys it delivered last): a verdict line, then the plan (EXPLAIN, as the sync's
+    /// owner). A sequential scan of a large table means every change reads all of it:
+    /// index the source column the sync key comes from.
+    #[pg_extern(volatile)]
+    fn explain_live(name: &str, keys: default!(Option<Vec<String>>, "NULL")) -> Result<SetOfIterator<'static, String>, ErrorReport> {
+        let me = caller();
+        let sync = as_extension_owner(|| Spi::connect(|client| owned_sync(client, name, me, false)))?;
+        let prepared = crate::planning::prepare_stored(&sync)?;
+        let keys = match keys {
+            Some(keys) => keys,
+            None => as_extension_owner(|| {
+                Spi::connect(|client| {
+                    let row = client
+                        .select(
+                            "SELECT pg_catalog.array_agg(x.sync_key) AS keys
+                               FROM (SELECT r.sync_key FROM vitally.record r WHERE r.sync_id = $1 ORDER BY r.id DESC LIMIT 100) x",
+                            Some(1),
+                            &[sync.id.into()],
+                        )?
+                        .first();
+                    Ok(row.optional::<Vec<String>>("keys")?.unwrap_or_default())
+                })
+            })?,
+        };
+        if keys.is_empty() {
+            return Err(WatchError::NoKeysToExplain(name.to_string()).into());
+        }
+        let sql = format!("EXPLAIN {}", prepared.plan.restricted_sql(&sync.query, &prepared.key_type));
+        let n = keys.len();
+        let lines: Vec<String> = crate::elevation::sandboxed(sync.owner, || {
+            crate::planning::with_query_errors(&sync.name, || {
+                Spi::connect(|client| -> crate::errors::Result<Vec<String>> {
+                    let mut lines = Vec::new();
+                    for row in client.select(&sql, None, &[keys.into()])? {
+                        lines.push(row.get::<String>(1)?.unwrap_or_default());
+                    }
+                    Ok(lines)
+                })
+            })
+        })?;
+        let whole: Vec<String> = lines
+            .iter()
+            .filter_map(|l| l.split("Seq Scan on ").nth(1))
+            .map(|t| t.split_whitespace().next().unwrap_or_default().to_string())
+            .collect();
+        let verdict = if whole.is_empty() {
+            format!("for {n} changed keys the query reads by key: a change costs about the rows it changed")
+        } else {
+            format!(
+                "for {n} changed keys the query still reads whole: {}; index the source column the sync key comes from (then ANALYZE), or a change reads the table",
+                whole.join(", ")
+            )
+        };
+        Ok(SetOfIterator::new(std::iter::once(verdict).chain(lines)))
+    }
+
     /// Stops watching `table` for sync `name`; changes already marked are still planned.
     #[pg_extern(volatile)]
     fn unwatch(name: &str, table: &str) -> Result<bool, ErrorReport> {
         let me = caller();
         let sync = as_extension_owner(|| Spi::connect(|client| owned_sync(client, name, me, true)))?;
-        let table = resolve(table)?;
+        let table = match resolve(table) {
+            Ok(t) => t,
+            // A watched table dropped since (its triggers went with it): its watch goes now.
+            Err(e) => {
+                let gone = as_extension_owner(|| {
+                    Spi::connect_mut(|client| {
+                        Ok(client
+                            .update(
+                                "DELETE FROM vitally.watch w WHERE w.sync_id = $1
+                                    AND NOT EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid = w.relid::pg_catalog.oid) RETURNING w.id",
+                                None,
+                                &[sync.id.into()],
+                            )?
+                            .len())
+                    })
+                })?;
+                return if gone > 0 { Ok(true) } else { Err(e.into()) };
+            }
+        };
         Ok(as_extension_owner(|| {
             Spi::connect_mut(|client| {
                 let gone = client.update(

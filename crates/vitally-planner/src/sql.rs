@@ -141,14 +141,18 @@ impl Plan {
     /// `keys`: only the rows whose key is one of the text array `$1` (a live re-plan),
     /// the key compared in its own type `key_type`, so that an index on the source
     /// column can serve the restriction.
+    /// The query restricted to the rows whose key is one of the text array `$1`, the key
+    /// compared in its own type `key_type` (so that an index on the source column can
+    /// serve it): what a live re-plan reads, and what `vitally.explain_live` explains.
+    pub fn restricted_sql(&self, query: &str, key_type: &str) -> String {
+        format!("SELECT * FROM (\n{query}\n) q WHERE q.{} = ANY ($1::pg_catalog.text[]::{key_type}[])", quote_ident(&self.key.name))
+    }
+
     pub fn records_sql(&self, query: &str, seed: i64, limit: Option<i64>, keys: Option<&str>, admit: &str, options: &Options) -> String {
         let limit = limit.map(|n| format!(" LIMIT {n}")).unwrap_or_else(|| " OFFSET 0".into());
         let source = match keys {
             None => format!("(\n{query}\n) q{limit}"),
-            Some(key_type) => format!(
-                "(SELECT * FROM (\n{query}\n) q WHERE q.{} = ANY ($1::pg_catalog.text[]::{key_type}[])) q{limit}",
-                quote_ident(&self.key.name)
-            ),
+            Some(key_type) => format!("({}) q{limit}", self.restricted_sql(query, key_type)),
         };
         let key = format!("(q.{})::text", quote_ident(&self.key.name));
         let kept = self.kept_columns();

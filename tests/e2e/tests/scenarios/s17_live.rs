@@ -24,6 +24,7 @@ crate::trials!("17_live":
     a_failing_key_never_fails_the_writer_and_plans_every_key_instead,
     unwatch_stops_marking_and_a_full_sync_still_reconciles,
     a_new_key_reaches_sessions_that_marked_with_the_old_one,
+    a_key_column_retyped_under_a_repeatable_read_writer_is_read_as_it_is_now,
 );
 
 fn app() -> Client {
@@ -308,6 +309,19 @@ fn the_restricted_query_reads_about_as_many_rows_as_changed() {
     // The UPDATE itself read 100 rows; the plan about as many again.
     assert!((200..1000).contains(&read), "{read} rows of a 50,000-row table were read for 100 changes");
     assert!(scans_after - scans_before >= 2, "the plan used the index on the key");
+
+    // What explain_live says of it, and of the same sync over a copy with no index.
+    let verdict: String = scalar(&mut owner, "SELECT vitally.explain_live('lv_big') LIMIT 1");
+    assert_eq!(verdict, "for 100 changed keys the query reads by key: a change costs about the rows it changed");
+    db.batch_execute("CREATE TABLE lv_big_noidx AS SELECT * FROM lv_big; ANALYZE lv_big_noidx; GRANT SELECT ON lv_big_noidx TO lv_big_owner")
+        .unwrap();
+    owner
+        .batch_execute("SELECT vitally.create_sync('lv_noidx', 'lv_big', 'account', 'upsert', 'SELECT id, name, seats FROM lv_big_noidx', 'id')")
+        .unwrap();
+    let verdict: String = scalar(&mut owner, "SELECT vitally.explain_live('lv_noidx', keys => ARRAY['1', '2']) LIMIT 1");
+    assert!(verdict.starts_with("for 2 changed keys the query still reads whole: lv_big_noidx; index the source column"), "{verdict}");
+    let err = sql_error(owner.batch_execute("SELECT vitally.explain_live('lv_noidx')"));
+    assert_eq!(err.message, "sync \"lv_noidx\" has delivered nothing yet, so there are no keys to explain with");
 }
 
 fn the_live_planner_runs_the_query_as_the_syncs_owner() {
@@ -529,6 +543,15 @@ fn unwatch_stops_marking_and_a_full_sync_still_reconciles() {
     assert_eq!(sync_and_wait(&mut db, "lv_un", 60), "succeeded");
     assert_eq!(vitally.counters().messages - before, 1, "vitally.sync() finds what no watch saw");
     assert_eq!(vitally.object("accounts", "1").unwrap().traits["seats"], 55);
+
+    // A watched table dropped takes its triggers; unwatch() by its old name takes the watch.
+    db.batch_execute("CREATE TABLE lv_un_extra (id int); SELECT vitally.watch('lv_un', 'lv_un_extra'); DROP TABLE lv_un_extra").unwrap();
+    let unwatched: bool = scalar(&mut db, "SELECT vitally.unwatch('lv_un', 'lv_un_extra')");
+    assert!(unwatched);
+    let left: i64 = scalar(&mut db, "SELECT count(*) FROM vitally.watches WHERE sync_name = 'lv_un'");
+    assert_eq!(left, 0);
+    let err = sql_error(db.batch_execute("SELECT vitally.unwatch('lv_un', 'lv_un_extra')"));
+    assert_eq!(err.message, "table \"lv_un_extra\" does not exist");
 }
 
 /// Sessions keep the watches their statements marked for; `watch()` with a new key
@@ -557,4 +580,33 @@ fn a_new_key_reaches_sessions_that_marked_with_the_old_one() {
     assert_eq!(keys(&mut db), ["1", "102"], "the writer's session read the new key");
     let key: String = scalar(&mut db, "SELECT key FROM vitally.watches WHERE sync_name = 'lv_rekey'");
     assert_eq!(key, "id + 100");
+}
+
+/// The key column is found in the table as the statement sees it, never as a cached or
+/// older snapshot of the catalog says: here a REPEATABLE READ writer whose snapshot
+/// predates an ALTER TABLE that made the text key a bigint (read as text, that crashed
+/// the server).
+fn a_key_column_retyped_under_a_repeatable_read_writer_is_read_as_it_is_now() {
+    let vitally = emulator(Faults::default());
+    let mut db = app();
+    emulator_destination(&mut db, "lv_retype", &vitally);
+    db.batch_execute(
+        "CREATE TABLE lv_retype (code text PRIMARY KEY, seats int);
+         INSERT INTO lv_retype VALUES ('1', 1);
+         SELECT vitally.create_sync('lv_retype', 'lv_retype', 'account', 'upsert', 'SELECT code AS id, seats FROM lv_retype', 'id');
+         SELECT vitally.watch('lv_retype', 'lv_retype', key => 'code');",
+    )
+    .unwrap();
+    db.execute("SELECT vitally.alter_sync('lv_retype', enabled => false)", &[]).unwrap();
+    let mut writer = cluster().connect(APP_DB, "postgres");
+    writer.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM vitally.watch").unwrap();
+    db.batch_execute("ALTER TABLE lv_retype ALTER code TYPE bigint USING code::bigint").unwrap();
+    writer.batch_execute("INSERT INTO lv_retype VALUES (12345, 2); COMMIT").unwrap();
+    let keys: Vec<String> = db
+        .query("SELECT c.sync_key FROM vitally.change c JOIN vitally.sync s ON s.id = c.sync_id WHERE s.name = 'lv_retype'", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(keys, ["12345"]);
 }
