@@ -85,14 +85,6 @@ pub struct DestinationRow {
     pub rest_url: Option<String>,
 }
 
-/// pgrx runs a statement read-only (where FOR UPDATE is refused) until the transaction
-/// has an id; a lock is a write, so it takes one first, as pgrx does for `update`.
-fn lock_needs_a_transaction_id(lock: bool) {
-    if lock {
-        unsafe { pg_sys::GetCurrentTransactionId() };
-    }
-}
-
 /// Finds a destination the caller owns (locked, when it is to be changed). Another
 /// role's destination looks exactly like a missing one.
 pub fn owned_destination(client: &SpiClient<'_>, name: &str, me: pg_sys::Oid, lock: bool) -> Result<DestinationRow> {
@@ -103,7 +95,6 @@ pub fn owned_destination(client: &SpiClient<'_>, name: &str, me: pg_sys::Oid, lo
           WHERE d.name = $1 {}",
         if lock { "FOR UPDATE OF d" } else { "" }
     );
-    lock_needs_a_transaction_id(lock);
     let row = client.select(&sql, Some(1), &[name.into()])?.first();
     if row.is_empty() || !acts_as(me, row.required::<pg_sys::Oid>("owner")?) {
         return Err(CatalogError::NoSuchDestination(name.to_string()).into());
@@ -142,7 +133,6 @@ pub fn owned_sync(client: &SpiClient<'_>, name: &str, me: pg_sys::Oid, lock: boo
           WHERE s.name = $1 {}",
         if lock { "FOR UPDATE OF s" } else { "" }
     );
-    lock_needs_a_transaction_id(lock);
     let row = client.select(&sql, Some(1), &[name.into()])?.first();
     if row.is_empty() {
         return Err(CatalogError::NoSuchSync(name.to_string()).into());

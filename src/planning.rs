@@ -133,7 +133,7 @@ fn single_statement(sync_name: &str, sql: &str) -> Result<()> {
 }
 
 /// How many statements `sql` is, as Postgres's parser reads it (a syntax error is raised).
-pub fn statements(sql: &str) -> i32 {
+fn statements(sql: &str) -> i32 {
     unsafe {
         let text = std::ffi::CString::new(sql).unwrap_or_default();
         let list = pg_sys::raw_parser(text.as_ptr(), pg_sys::RawParseMode::RAW_PARSE_DEFAULT);
