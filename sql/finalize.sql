@@ -210,6 +210,8 @@ GRANT USAGE ON SCHEMA vitally TO vitally_user, pg_monitor;
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA vitally TO vitally_user;
 -- Fired by the triggers vitally.watch() creates, never named in anyone's trigger.
 REVOKE EXECUTE ON FUNCTION vitally.watch_trigger() FROM vitally_user;
+-- Called by the queue as the extension's owner.
+REVOKE EXECUTE ON FUNCTION vitally.new_message_id() FROM vitally_user;
 GRANT SELECT ON vitally.destinations, vitally.syncs, vitally.sync_runs, vitally.records, vitally.sync_status, vitally.watches TO vitally_user;
 GRANT SELECT ON vitally.metrics TO vitally_user, pg_monitor;
 GRANT EXECUTE ON FUNCTION vitally.worker_pid(), vitally.worker_status() TO pg_monitor;

@@ -98,6 +98,10 @@ CREATE FUNCTION vitally."watch_trigger"()
 	RETURNS TRIGGER
 	LANGUAGE c
 	AS 'MODULE_PATHNAME', 'watch_trigger_wrapper';
+CREATE FUNCTION vitally."new_message_id"() RETURNS uuid
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'new_message_id_wrapper';
 CREATE OR REPLACE VIEW vitally.sync_runs WITH (security_barrier) AS
 SELECT r.id,
        s.name AS sync_name,
@@ -226,6 +230,7 @@ GRANT USAGE ON SCHEMA vitally TO vitally_user, pg_monitor;
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA vitally TO vitally_user;
 -- Fired by the triggers vitally.watch() creates, never named in anyone's trigger.
 REVOKE EXECUTE ON FUNCTION vitally.watch_trigger() FROM vitally_user;
+REVOKE EXECUTE ON FUNCTION vitally.new_message_id() FROM vitally_user;
 GRANT SELECT ON vitally.destinations, vitally.syncs, vitally.sync_runs, vitally.records, vitally.sync_status, vitally.watches TO vitally_user;
 GRANT SELECT ON vitally.metrics TO vitally_user, pg_monitor;
 GRANT EXECUTE ON FUNCTION vitally.worker_pid(), vitally.worker_status() TO pg_monitor;

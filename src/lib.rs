@@ -16,6 +16,7 @@ mod guc;
 mod launcher;
 mod live_planner;
 mod log_scrub;
+mod message_ids;
 mod planning;
 mod progress;
 mod queue;

@@ -35,13 +35,13 @@ pub fn enqueue(client: &mut SpiClient<'_>, staged: &Staged, run_id: i64) -> Resu
     // name and key, never from the sync: a re-created sync, reset() or full_resync
     // sends it under the same id and Vitally drops the repeat. (A JSON array keeps
     // the parts apart whatever they contain.) A change gets a fresh id, kept across
-    // its retries.
+    // its retries (src/message_ids.rs: a counter, not a random read per record).
     let message_id = match staged.behavior {
         Behavior::Append => format!(
             "pg_catalog.md5(pg_catalog.jsonb_build_array('event', {}::text, s.payload->>'event', s.sync_key)::text)::uuid",
             quote_literal(&staged.destination)
         ),
-        _ => "pg_catalog.gen_random_uuid()".to_string(),
+        _ => "vitally.new_message_id()".to_string(),
     };
     // With unlink_removed_accounts, a user's record also names the accounts it was
     // delivered with and has left: the worker sends an unlink for each.
