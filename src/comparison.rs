@@ -129,6 +129,9 @@ pub fn begin(sync_id: i64, against: Against, keys: Option<&[String]>) -> Result<
     let mut comparison = Comparison::new(against);
     if against != Against::Nothing {
         load(sync_id, keys, &mut comparison)?;
+        comparison.loaded(&mut || {
+            pgrx::check_for_interrupts!();
+        });
     }
     CURRENT.with_borrow_mut(|current| *current = Some(comparison));
     // Dropped with the transaction if the pass fails (the function too: it is created in it).
@@ -180,6 +183,9 @@ unsafe fn scan(sync_id: i64, comparison: &mut Comparison) -> Result<bool> {
     if relid == pg_sys::InvalidOid {
         return Ok(false);
     }
+    // What SPI would see: this transaction's earlier writes (made visible before the
+    // table is opened, so that its descriptor is current).
+    pg_sys::CommandCounterIncrement();
     let rel = pg_sys::table_open(relid, pg_sys::AccessShareLock as i32);
     let desc = (*rel).rd_att;
     let laid_out = (*(*rel).rd_rel).relkind == pg_sys::RELKIND_RELATION as std::ffi::c_char
@@ -192,8 +198,6 @@ unsafe fn scan(sync_id: i64, comparison: &mut Comparison) -> Result<bool> {
         pg_sys::table_close(rel, pg_sys::AccessShareLock as i32);
         return Ok(false);
     }
-    // What SPI would see: this transaction's earlier writes, a statement's snapshot.
-    pg_sys::CommandCounterIncrement();
     let snapshot = pg_sys::RegisterSnapshot(pg_sys::GetTransactionSnapshot());
     let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
     pg_sys::ScanKeyInit(&mut key, 1, pg_sys::BTEqualStrategyNumber as u16, pg_sys::Oid::from(pg_sys::F_INT8EQ), pg_sys::Datum::from(sync_id));
@@ -203,15 +207,23 @@ unsafe fn scan(sync_id: i64, comparison: &mut Comparison) -> Result<bool> {
     let natts = (*desc).natts as usize;
     let mut values = vec![pg_sys::Datum::from(0usize); natts];
     let mut nulls = vec![false; natts];
-    loop {
+    for n in 0u64.. {
+        // Cancellable, as a query's scan is (an abort releases the scan and the table).
+        if n % 65_536 == 0 {
+            pgrx::check_for_interrupts!();
+        }
         let tuple = pg_sys::heap_getnext(scan, pg_sys::ScanDirection::ForwardScanDirection);
         if tuple.is_null() {
             break;
         }
         pg_sys::heap_deform_tuple(tuple, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
-        // Short keys are hashed in place; a long, compressed one is copied into the
-        // pass's memory, freed with it.
-        comparison.delivered(call(&mut hasher, values[1], 0) as i64, values[2].value() as i64);
+        // Detoasted first by a guarded call (a no-op for a key stored inline), so that
+        // the hash function, called by pointer, has nothing left to fail on.
+        let key = pg_sys::pg_detoast_datum_packed(values[1].cast_mut_ptr());
+        comparison.delivered(call(&mut hasher, pg_sys::Datum::from(key), 0) as i64, values[2].value() as i64);
+        if key != values[1].cast_mut_ptr() {
+            pg_sys::pfree(key.cast());
+        }
     }
     pg_sys::table_endscan(scan);
     pg_sys::UnregisterSnapshot(snapshot);

@@ -4,8 +4,9 @@
 //! records (1.3 s of a first run), where this costs an addition.
 //!
 //! Each backend draws 16 random bytes once (Postgres's strong random source) and then
-//! counts: an id is a random 64-bit prefix and a counter from a random start, shaped
-//! as a version-4 UUID. Two backends share ids only if their 60-bit prefixes collide.
+//! counts: an id is a random prefix (60 bits once shaped as a version-4 UUID) and a
+//! 62-bit counter from a random start. Two backends share ids only if their prefixes
+//! collide. The ids are unique, not secret: a session can tell its next one.
 
 use pgrx::prelude::*;
 use std::cell::Cell;
@@ -18,7 +19,8 @@ thread_local! {
 
 /// The next id of this backend.
 pub fn next() -> pgrx::Uuid {
-    let pid = std::process::id() as i32;
+    // Postgres's own copy of the pid: std::process::id() is a system call per id.
+    let pid = unsafe { pg_sys::MyProcPid };
     let (owner, prefix, counter) = STATE.get();
     let (prefix, counter) = if owner == pid { (prefix, counter.wrapping_add(1)) } else { draw() };
     STATE.set((pid, prefix, counter));

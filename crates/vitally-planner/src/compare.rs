@@ -27,13 +27,18 @@ impl Delivered {
     /// A table of `pairs` (a later pair of one key wins), sized once and filled in slot
     /// order: inserted one by one in the order read, each of a million keys cost a cache
     /// and TLB miss and the table grew ten times (a third of an unchanged re-run).
-    fn build(mut pairs: Vec<(i64, i64)>) -> Delivered {
+    /// `check` is called every thousand keys: keys chosen to share slots make the fill
+    /// quadratic, and it must stay cancellable (Postgres's interrupts).
+    fn build(mut pairs: Vec<(i64, i64)>, check: &mut dyn FnMut()) -> Delivered {
         let size = (pairs.len() * 2).next_power_of_two().max(1024);
         let mut table = Delivered { slots: vec![(0, 0); size], len: 0, zero: None };
         let mask = size - 1;
         // Stable: a later pair of one key stays after the earlier, and overwrites it.
         pairs.sort_by_key(|&(key, _)| key as usize & mask);
-        for (key, hash) in pairs {
+        for (i, (key, hash)) in pairs.into_iter().enumerate() {
+            if i % 1024 == 0 {
+                check();
+            }
             table.insert(key, hash);
         }
         table
@@ -148,6 +153,20 @@ impl Comparison {
         self.read.push((key, hash));
     }
 
+    /// Ends the reading of what was delivered: its table is built (else at the first
+    /// row compared), calling `check` now and then.
+    pub fn loaded(&mut self, check: &mut dyn FnMut()) {
+        if !self.read.is_empty() {
+            let read = std::mem::take(&mut self.read);
+            if self.delivered.len == 0 && self.delivered.zero.is_none() {
+                self.delivered = Delivered::build(read, check);
+            } else {
+                // Given after rows were compared (only tests do): one by one.
+                read.into_iter().for_each(|(key, hash)| self.delivered.insert(key, hash));
+            }
+        }
+    }
+
     /// Whether the row with this key hash (`None`: the key is NULL) and values hash is
     /// written. A row whose key is NULL always is: it becomes an invalid record.
     pub fn admit(&mut self, key: Option<i64>, hash: i64) -> bool {
@@ -155,15 +174,7 @@ impl Comparison {
             Pass::Repeats => key.is_some_and(|k| self.repeated.binary_search(&k).is_ok()),
             Pass::Changes => {
                 self.rows += 1;
-                if !self.read.is_empty() {
-                    let read = std::mem::take(&mut self.read);
-                    if self.delivered.len == 0 && self.delivered.zero.is_none() {
-                        self.delivered = Delivered::build(read);
-                    } else {
-                        // Given after rows were compared (only tests do): one by one.
-                        read.into_iter().for_each(|(key, hash)| self.delivered.insert(key, hash));
-                    }
-                }
+                self.loaded(&mut || {});
                 let Some(key) = key else { return true };
                 self.keys.push(key);
                 let admitted = match self.against {
