@@ -234,8 +234,9 @@ unsafe fn scan(sync_id: i64, comparison: &mut Comparison) -> Result<bool> {
 /// What was delivered, read by SQL: for a live re-plan's few keys (by the table's
 /// index), or if the table is not as `scan` expects.
 fn load_by_sql(sync_id: i64, keys: Option<&[String]>, comparison: &mut Comparison) -> Result<()> {
-    // Planned for all its rows, not the first tenth (a cursor's default): a sync's keys
-    // are most of the table more often than not, and then a sequential scan is cheaper.
+    // Planned for all its rows, not the first tenth (a cursor's default): read without
+    // keys (a table `scan` cannot read), a sync's rows are most of the table more often
+    // than not, and then a sequential scan is cheaper.
     with_settings(&[(c"cursor_tuple_fraction", c"1")], || {
         Spi::connect(|client| {
             const STATE: &str = "SELECT pg_catalog.hashtextextended(sync_key, 0), payload_hash FROM vitally.delivery_state WHERE sync_id = $1";

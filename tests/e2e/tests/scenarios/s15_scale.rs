@@ -85,8 +85,9 @@ fn a_run_compares_with_its_own_syncs_delivery_state_as_of_its_snapshot() {
     db.batch_execute("UPDATE t SET v = v + 1 WHERE id <= 10; SELECT vitally.sync('a')").unwrap();
     assert_eq!(queued(&mut db), 10, "sync a sends the rows that changed");
     // Rows a committed reset() deleted, not vacuumed away yet, are not what was delivered.
-    db.batch_execute("ALTER TABLE vitally.delivery_state SET (autovacuum_enabled = false); SELECT vitally.reset('b'); SELECT vitally.sync('b')")
-        .unwrap();
+    db.batch_execute("ALTER TABLE vitally.delivery_state SET (autovacuum_enabled = false)").unwrap();
+    db.batch_execute("SELECT vitally.reset('b')").unwrap();
+    db.batch_execute("SELECT vitally.sync('b')").unwrap();
     assert_eq!(queued(&mut db), 3000, "after reset('b'), b sends every row again");
     // Delivered and planned in one transaction: the run sees its transaction's writes.
     db.batch_execute("BEGIN; UPDATE t SET v = v + 1 WHERE id <= 5; SELECT vitally.sync('a')").unwrap();
