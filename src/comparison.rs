@@ -167,17 +167,35 @@ fn drop_function() -> Result<()> {
 /// hash).
 fn load(sync_id: i64, keys: Option<&[String]>, comparison: &mut Comparison) -> Result<()> {
     as_extension_owner(|| match keys {
-        None if unsafe { scan(sync_id, comparison)? } => Ok(()),
+        None if unsafe { scan(sync_id, expected_keys(sync_id)?, comparison)? } => Ok(()),
         _ => load_by_sql(sync_id, keys, comparison),
     })
 }
 
-/// Every key of the sync, read straight from the heap of `vitally.delivery_state`: a
-/// SQL cursor spent half a second per million keys in the executor and in copying
-/// tuples for SPI, five times the scan itself. The key is hashed by `hashtextextended`,
-/// as `vitally_admit` hashes it. Returns false, having read nothing, if the table is
-/// not laid out as bootstrap.sql makes it (then SQL reads it).
-unsafe fn scan(sync_id: i64, comparison: &mut Comparison) -> Result<bool> {
+/// About how many keys the sync has delivered: the most rows one of its last few full
+/// runs read (0 before its first). Only a guess, for choosing how to read its state.
+fn expected_keys(sync_id: i64) -> Result<i64> {
+    Ok(Spi::get_one_with_args::<i64>(
+        "SELECT pg_catalog.max(rows_read) FROM (SELECT rows_read FROM vitally.sync_run
+           WHERE sync_id = $1 AND NOT live ORDER BY id DESC LIMIT 3) r",
+        &[sync_id.into()],
+    )?
+    .unwrap_or(0))
+}
+
+/// How many rows of the state a page holds, about (a key of a few bytes, no accounts).
+const STATE_ROWS_PER_PAGE: i64 = 100;
+
+/// Every key of the sync, read straight from `vitally.delivery_state`: a SQL cursor
+/// spent half a second per million keys in the executor and in copying tuples for SPI,
+/// five times the scan itself. A sync expected to hold less than a quarter of the
+/// table is read through the primary key's index (a hundred keys beside a million
+/// other syncs' read a few pages, not the whole heap); a larger one by a sequential
+/// scan of the heap (a random heap fetch per key costs more than reading every page).
+/// The key is hashed by `hashtextextended`, as `vitally_admit` hashes it. Returns
+/// false, having read nothing, if the table is not laid out as bootstrap.sql makes it
+/// (then SQL reads it).
+unsafe fn scan(sync_id: i64, expected: i64, comparison: &mut Comparison) -> Result<bool> {
     let schema = pg_sys::get_namespace_oid(c"vitally".as_ptr(), false);
     let relid = pg_sys::get_relname_relid(c"delivery_state".as_ptr(), schema);
     if relid == pg_sys::InvalidOid {
@@ -198,10 +216,21 @@ unsafe fn scan(sync_id: i64, comparison: &mut Comparison) -> Result<bool> {
         pg_sys::table_close(rel, pg_sys::AccessShareLock as i32);
         return Ok(false);
     }
+    let pages = pg_sys::RelationGetNumberOfBlocksInFork(rel, pg_sys::ForkNumber::MAIN_FORKNUM) as i64;
+    let index = pg_sys::RelationGetPrimaryKeyIndex(rel);
+    let by_index = expected.saturating_mul(4) < pages.saturating_mul(STATE_ROWS_PER_PAGE) && index != pg_sys::InvalidOid && {
+        // Its first column must be sync_id, as bootstrap.sql makes it.
+        let i = pg_sys::index_open(index, pg_sys::AccessShareLock as i32);
+        let first = (*(*i).rd_index).indnkeyatts >= 1 && *(*(*i).rd_index).indkey.values.as_ptr() == 1;
+        pg_sys::index_close(i, pg_sys::AccessShareLock as i32);
+        first
+    };
     let snapshot = pg_sys::RegisterSnapshot(pg_sys::GetTransactionSnapshot());
     let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
     pg_sys::ScanKeyInit(&mut key, 1, pg_sys::BTEqualStrategyNumber as u16, pg_sys::Oid::from(pg_sys::F_INT8EQ), pg_sys::Datum::from(sync_id));
-    let scan = pg_sys::table_beginscan(rel, snapshot, 1, &mut key);
+    // Either way a scan of the heap's rows with sync_id = $1 (the key's column number is
+    // the table's; for the index, systable_beginscan maps it to the index's).
+    let scan = pg_sys::systable_beginscan(rel, index, by_index, snapshot, 1, &mut key);
     let mut hasher: pg_sys::FmgrInfo = std::mem::zeroed();
     pg_sys::fmgr_info(pg_sys::Oid::from(pg_sys::F_HASHTEXTEXTENDED), &mut hasher);
     let natts = (*desc).natts as usize;
@@ -212,7 +241,7 @@ unsafe fn scan(sync_id: i64, comparison: &mut Comparison) -> Result<bool> {
         if n % 65_536 == 0 {
             pgrx::check_for_interrupts!();
         }
-        let tuple = pg_sys::heap_getnext(scan, pg_sys::ScanDirection::ForwardScanDirection);
+        let tuple = pg_sys::systable_getnext(scan);
         if tuple.is_null() {
             break;
         }
@@ -225,7 +254,7 @@ unsafe fn scan(sync_id: i64, comparison: &mut Comparison) -> Result<bool> {
             pg_sys::pfree(key.cast());
         }
     }
-    pg_sys::table_endscan(scan);
+    pg_sys::systable_endscan(scan);
     pg_sys::UnregisterSnapshot(snapshot);
     pg_sys::table_close(rel, pg_sys::AccessShareLock as i32);
     Ok(true)

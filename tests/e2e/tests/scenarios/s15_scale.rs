@@ -15,6 +15,7 @@ crate::trials!("15_scale":
     a_first_run_fills_the_index_of_pending_keys_in_order,
     message_ids_are_counted_from_one_random_draw_per_backend_and_never_repeat,
     a_run_compares_with_its_own_syncs_delivery_state_as_of_its_snapshot,
+    a_small_sync_beside_a_large_one_reads_only_its_own_delivery_state,
 );
 
 /// A change's messageId is counted from a random prefix drawn once per backend, not read
@@ -99,6 +100,54 @@ fn a_run_compares_with_its_own_syncs_delivery_state_as_of_its_snapshot() {
     };
     db.batch_execute("COMMIT").unwrap();
     assert_eq!(run, (0, "succeeded".to_string()), "what this transaction delivered counts in its next run");
+}
+
+/// A sync with few keys beside one with many reads its delivery state through the
+/// table's index, not the whole heap (which a full run of the large sync reads): its
+/// run costs what it has, not what every sync has. It still sees exactly its keys.
+fn a_small_sync_beside_a_large_one_reads_only_its_own_delivery_state() {
+    let mut db = fresh_database(cluster(), "scale_small_beside_large");
+    destination(&mut db, "d");
+    db.batch_execute(
+        "CREATE TABLE big AS SELECT g AS id, g % 7 AS v FROM generate_series(1, 30000) g;
+         CREATE TABLE small AS SELECT g AS id, g % 7 AS v FROM generate_series(1, 50) g;
+         SELECT vitally.create_sync('big', 'd', 'account', 'upsert', 'SELECT * FROM big');
+         SELECT vitally.create_sync('small', 'd', 'account', 'upsert', 'SELECT * FROM small');
+         SELECT vitally.sync('big');",
+    )
+    .unwrap();
+    deliver_by_hand(&mut db, "big");
+    db.batch_execute("SELECT vitally.sync('small')").unwrap();
+    deliver_by_hand(&mut db, "small");
+    db.batch_execute("VACUUM ANALYZE vitally.delivery_state").unwrap();
+    let state: i64 = scalar(&mut db, "SELECT relpages::int8 FROM pg_class WHERE oid = 'vitally.delivery_state'::regclass");
+    // Heap pages of the state fetched by one statement, and what its run queued.
+    let run = |db: &mut Client, sql: &str| -> (i64, i64) {
+        db.batch_execute("BEGIN").unwrap();
+        let before: i64 = scalar(db, "SELECT pg_stat_get_xact_blocks_fetched('vitally.delivery_state'::regclass)");
+        db.batch_execute(sql).unwrap();
+        let fetched: i64 = scalar(db, "SELECT pg_stat_get_xact_blocks_fetched('vitally.delivery_state'::regclass)");
+        let queued: i64 = scalar(db, "SELECT records_queued FROM vitally.sync_runs ORDER BY id DESC LIMIT 1");
+        db.batch_execute("COMMIT").unwrap();
+        (fetched - before, queued)
+    };
+    assert!(state > 100, "the state has {state} pages: the test no longer measures");
+    let (fetched, queued) = run(&mut db, "SELECT vitally.sync('small')");
+    assert_eq!(queued, 0, "the small sync's rows are unchanged");
+    assert!(fetched * 10 < state, "the small sync's run fetched {fetched} of the state's {state} pages");
+    let (_, queued) = run(&mut db, "UPDATE small SET v = v + 1 WHERE id <= 3; SELECT vitally.sync('small')");
+    assert_eq!(queued, 3, "the small sync sends its changed rows, and only those");
+    deliver_by_hand(&mut db, "small");
+    // Read through the index, rows a committed reset() deleted (not vacuumed) do not count.
+    db.batch_execute("ALTER TABLE vitally.delivery_state SET (autovacuum_enabled = false)").unwrap();
+    db.batch_execute("SELECT vitally.reset('small')").unwrap();
+    let (fetched, queued) = run(&mut db, "SELECT vitally.sync('small')");
+    assert_eq!(queued, 50, "after reset('small'), the small sync sends every row again");
+    assert!(fetched * 10 < state, "the small sync's run after reset() fetched {fetched} of the state's {state} pages");
+    // The large sync still compares with all of its keys (read by a heap scan).
+    let (fetched, queued) = run(&mut db, "UPDATE big SET v = v + 1 WHERE id <= 4; SELECT vitally.sync('big')");
+    assert_eq!(queued, 4, "the large sync sends its changed rows, and only those");
+    assert!(fetched >= state, "the large sync's run fetched {fetched} of the state's {state} pages: it read less than its keys");
 }
 
 /// A first run queues its records in key order, so the unique index of pending keys
