@@ -44,14 +44,19 @@ pub fn enqueue(client: &mut SpiClient<'_>, staged: &Staged, run_id: i64) -> Resu
         _ => "vitally.new_message_id()".to_string(),
     };
     // With unlink_removed_accounts, a user's record also names the accounts it was
-    // delivered with and has left: the worker sends an unlink for each.
-    let payload = if staged.unlink_removed_accounts {
-        "s.payload || coalesce((SELECT pg_catalog.jsonb_build_object('unlinkAccountIds', pg_catalog.jsonb_agg(a))
+    // delivered with and has left: the worker sends an unlink for each. Only then is
+    // the delivery state joined: in an UPDATE ... FROM the planner keeps even an unused
+    // outer join (it marks the rows it reads), a sequential scan of every sync's state.
+    let (payload, state) = if staged.unlink_removed_accounts {
+        (
+            "s.payload || coalesce((SELECT pg_catalog.jsonb_build_object('unlinkAccountIds', pg_catalog.jsonb_agg(a))
                                   FROM pg_catalog.jsonb_array_elements_text(d.account_ids) a
                                  WHERE NOT EXISTS (SELECT FROM pg_catalog.jsonb_array_elements_text(s.payload->'accountIds') c WHERE c = a)
-                                HAVING pg_catalog.count(*) > 0), '{}')"
+                                HAVING pg_catalog.count(*) > 0), '{}')",
+            "LEFT JOIN vitally.delivery_state d ON d.sync_id = $1 AND d.sync_key = s.sync_key",
+        )
     } else {
-        "s.payload"
+        ("s.payload", "")
     };
     let invalid = format!(
         "INSERT INTO vitally.record (sync_id, run_id, sync_key, status, payload, error)
@@ -69,7 +74,7 @@ pub fn enqueue(client: &mut SpiClient<'_>, staged: &Staged, run_id: i64) -> Resu
                     version = r.version + 1, attempts = 0,
                     next_attempt_at = pg_catalog.now(),
                     queued_at = pg_catalog.now(), http_status = NULL, error = NULL
-               FROM {records} s LEFT JOIN vitally.delivery_state d ON d.sync_id = $1 AND d.sync_key = s.sync_key,
+               FROM {records} s {state},
                     vitally.record o
               WHERE r.sync_id = $1 AND r.status = 'pending' AND r.sync_key = s.sync_key
                 AND o.id = r.id AND o.sync_id = $1 AND o.status = 'pending'
@@ -124,7 +129,7 @@ pub fn enqueue(client: &mut SpiClient<'_>, staged: &Staged, run_id: i64) -> Resu
     let insert = format!(
         "INSERT INTO vitally.record (sync_id, run_id, sync_key, status, payload, payload_hash, message_id)
          SELECT $1, $2, s.sync_key, 'pending', {payload}, s.hash, {message_id}
-           FROM {records} s LEFT JOIN vitally.delivery_state d ON d.sync_id = $1 AND d.sync_key = s.sync_key
+           FROM {records} s {state}
           WHERE s.error IS NULL {not_pending}
           ORDER BY s.sync_key"
     );

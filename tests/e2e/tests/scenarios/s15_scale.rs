@@ -16,6 +16,7 @@ crate::trials!("15_scale":
     message_ids_are_counted_from_one_random_draw_per_backend_and_never_repeat,
     a_run_compares_with_its_own_syncs_delivery_state_as_of_its_snapshot,
     a_small_sync_beside_a_large_one_reads_only_its_own_delivery_state,
+    a_change_replacing_a_pending_one_reads_the_delivery_state_once,
 );
 
 /// A change's messageId is counted from a random prefix drawn once per backend, not read
@@ -148,6 +149,44 @@ fn a_small_sync_beside_a_large_one_reads_only_its_own_delivery_state() {
     let (fetched, queued) = run(&mut db, "UPDATE big SET v = v + 1 WHERE id <= 4; SELECT vitally.sync('big')");
     assert_eq!(queued, 4, "the large sync sends its changed rows, and only those");
     assert!(fetched >= state, "the large sync's run fetched {fetched} of the state's {state} pages: it read less than its keys");
+}
+
+/// A run that replaces pending records reads the delivery state once, to compare: the
+/// statement that replaces them joined it too (for the accounts a user left, which only
+/// unlink_removed_accounts needs), and the planner kept that join in an UPDATE, a
+/// sequential scan of every sync's state.
+fn a_change_replacing_a_pending_one_reads_the_delivery_state_once() {
+    let mut db = fresh_database(cluster(), "scale_replace_pending");
+    destination(&mut db, "d");
+    db.batch_execute(
+        "CREATE TABLE t AS SELECT g AS id, g % 7 AS v FROM generate_series(1, 30000) g;
+         SELECT vitally.create_sync('s', 'd', 'account', 'upsert', 'SELECT * FROM t');
+         SELECT vitally.sync('s');",
+    )
+    .unwrap();
+    deliver_by_hand(&mut db, "s");
+    db.batch_execute("VACUUM ANALYZE vitally.delivery_state, vitally.record").unwrap();
+    db.batch_execute("UPDATE t SET v = v + 1 WHERE id % 100 = 0; SELECT vitally.sync('s')").unwrap();
+    let state: i64 = scalar(&mut db, "SELECT relpages::int8 FROM pg_class WHERE oid = 'vitally.delivery_state'::regclass");
+    assert!(state > 100, "the state has {state} pages: the test no longer measures");
+    db.batch_execute("BEGIN; UPDATE t SET v = v + 1 WHERE id % 50 = 0").unwrap();
+    let before: i64 = scalar(&mut db, "SELECT pg_stat_get_xact_blocks_fetched('vitally.delivery_state'::regclass)");
+    db.batch_execute("SELECT vitally.sync('s')").unwrap();
+    let after: i64 = scalar(&mut db, "SELECT pg_stat_get_xact_blocks_fetched('vitally.delivery_state'::regclass)");
+    let fetched = after - before;
+    let (queued, pending): (i64, i64) = {
+        let r = db
+            .query_one(
+                "SELECT (SELECT records_queued FROM vitally.sync_runs ORDER BY id DESC LIMIT 1),
+                        (SELECT pg_catalog.count(*) FROM vitally.record WHERE status = 'pending')",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    db.batch_execute("COMMIT").unwrap();
+    assert_eq!((queued, pending), (600, 600), "300 pending records replaced, 300 more queued");
+    assert!(fetched < state * 3 / 2, "the run fetched {fetched} pages of the state's {state}: it read the state more than once");
 }
 
 /// A first run queues its records in key order, so the unique index of pending keys
