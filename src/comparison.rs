@@ -172,12 +172,13 @@ fn load(sync_id: i64, keys: Option<&[String]>, comparison: &mut Comparison) -> R
     })
 }
 
-/// About how many keys the sync has delivered: the most rows one of its last few full
-/// runs read (0 before its first). Only a guess, for choosing how to read its state.
+/// About how many keys the sync has delivered: the most rows one of its last few
+/// planned full runs read (0 before its first; the run being planned, retries of failed
+/// records and live runs do not count). Only a guess, for choosing how to read its state.
 fn expected_keys(sync_id: i64) -> Result<i64> {
     Ok(Spi::get_one_with_args::<i64>(
         "SELECT pg_catalog.max(rows_read) FROM (SELECT rows_read FROM vitally.sync_run
-           WHERE sync_id = $1 AND NOT live ORDER BY id DESC LIMIT 3) r",
+           WHERE sync_id = $1 AND NOT live AND rows_read > 0 ORDER BY id DESC LIMIT 3) r",
         &[sync_id.into()],
     )?
     .unwrap_or(0))
@@ -188,7 +189,7 @@ const STATE_ROWS_PER_PAGE: i64 = 100;
 
 /// Every key of the sync, read straight from `vitally.delivery_state`: a SQL cursor
 /// spent half a second per million keys in the executor and in copying tuples for SPI,
-/// five times the scan itself. A sync expected to hold less than a quarter of the
+/// five times the scan itself. A sync expected to hold less than an eighth of the
 /// table is read through the primary key's index (a hundred keys beside a million
 /// other syncs' read a few pages, not the whole heap); a larger one by a sequential
 /// scan of the heap (a random heap fetch per key costs more than reading every page).
@@ -218,12 +219,13 @@ unsafe fn scan(sync_id: i64, expected: i64, comparison: &mut Comparison) -> Resu
     }
     let pages = pg_sys::RelationGetNumberOfBlocksInFork(rel, pg_sys::ForkNumber::MAIN_FORKNUM) as i64;
     let index = pg_sys::RelationGetPrimaryKeyIndex(rel);
-    let by_index = expected.saturating_mul(4) < pages.saturating_mul(STATE_ROWS_PER_PAGE) && index != pg_sys::InvalidOid && {
-        // Its first column must be sync_id, as bootstrap.sql makes it.
+    let by_index = expected.saturating_mul(8) < pages.saturating_mul(STATE_ROWS_PER_PAGE) && index != pg_sys::InvalidOid && {
+        // Its first column must be sync_id, as bootstrap.sql makes it; and not an index
+        // the planner would not use yet (made over broken HOT chains).
         let i = pg_sys::index_open(index, pg_sys::AccessShareLock as i32);
-        let first = (*(*i).rd_index).indnkeyatts >= 1 && *(*(*i).rd_index).indkey.values.as_ptr() == 1;
-        pg_sys::index_close(i, pg_sys::AccessShareLock as i32);
-        first
+        let usable = *(*(*i).rd_index).indkey.values.as_ptr() == 1 && !(*(*i).rd_index).indcheckxmin;
+        pg_sys::index_close(i, pg_sys::NoLock as i32);
+        usable
     };
     let snapshot = pg_sys::RegisterSnapshot(pg_sys::GetTransactionSnapshot());
     let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
@@ -246,6 +248,11 @@ unsafe fn scan(sync_id: i64, expected: i64, comparison: &mut Comparison) -> Resu
             break;
         }
         pg_sys::heap_deform_tuple(tuple, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+        // The index is not rechecked against the row it leads to: a row of another sync
+        // is skipped, whichever way it came.
+        if values[0].value() as i64 != sync_id {
+            continue;
+        }
         // Detoasted first by a guarded call (a no-op for a key stored inline), so that
         // the hash function, called by pointer, has nothing left to fail on.
         let key = pg_sys::pg_detoast_datum_packed(values[1].cast_mut_ptr());
