@@ -73,16 +73,38 @@ pub fn enqueue(client: &mut SpiClient<'_>, staged: &Staged, run_id: i64) -> Resu
     );
     // A newer change replaces the pending one (a new version, so the worker can
     // tell); an event already pending stays as it is. The replaced record leaves its
-    // old run, which may be over now. Each staged key is looked up in the index of
+    // old run (`o`, the row as it was), which may be over now. In one pass over the
+    // sync's entries in the index of pending keys, when many keys changed.
+    let replace_by_join = format!(
+        "WITH upd AS (
+             UPDATE vitally.record r
+                SET payload = {payload}, payload_hash = s.hash, message_id = {message_id}, run_id = $2,
+                    version = r.version + 1, attempts = 0,
+                    next_attempt_at = pg_catalog.now(),
+                    queued_at = pg_catalog.now(), http_status = NULL, error = NULL
+               FROM {records} s {state},
+                    vitally.record o
+              WHERE r.sync_id = $1 AND r.status = 'pending' AND r.sync_key = s.sync_key
+                AND o.id = r.id AND o.sync_id = $1 AND o.status = 'pending'
+                AND s.error IS NULL AND r.payload_hash IS DISTINCT FROM s.hash
+             RETURNING o.run_id AS old_run),
+         left_runs AS (
+             UPDATE vitally.sync_run sr SET records_pending = sr.records_pending - m.n
+               FROM (SELECT old_run, pg_catalog.count(*) AS n FROM upd GROUP BY old_run) m
+              WHERE sr.id = m.old_run AND sr.id <> $2
+             RETURNING sr.id)
+         SELECT (SELECT pg_catalog.count(*) FROM upd) AS replaced, (SELECT pg_catalog.array_agg(id) FROM left_runs) AS left_runs"
+    );
+    // The same when few keys changed: each staged key is looked up in the index of
     // pending keys by itself (a lateral subquery the planner cannot flatten into a
-    // join): a join walked all of the sync's entries there, and so those of every
-    // record delivered since the last vacuum and the heap pages they point to. The
+    // join), because one pass over the sync's entries there also walks those of every
+    // record delivered since the last vacuum, and the heap pages they point to. The
     // records found are updated by id, through the primary key; one the worker delivered
     // meanwhile is left (its status is checked again), and the key queued anew. (The
     // status is checked as `status || ''` so that no partial index of pending records
     // matches it: with the queue's statistics saying "few pending", the planner walked
     // that index again instead of the primary key.)
-    let replace = format!(
+    let replace_by_key = format!(
         "WITH found AS MATERIALIZED (
              SELECT s.sync_key, s.hash, s.payload, p.id, p.old_run
                FROM {records} s
@@ -131,16 +153,33 @@ pub fn enqueue(client: &mut SpiClient<'_>, staged: &Staged, run_id: i64) -> Resu
             .first();
         (row.required("pending")?, row.required("failed")?)
     };
+    // Key by key when the changed rows are few against the query's (a probe per key,
+    // against a pass over what the sync has pending and delivered since the last vacuum).
+    let by_key = pending && {
+        let staged_n = client
+            .select(&format!("SELECT pg_catalog.count(*) FROM {records} WHERE error IS NULL"), Some(1), &[])?
+            .first()
+            .required::<i64>("count")?;
+        staged_n.saturating_mul(4) < staged.rows
+    };
     let invalid = client.update(&invalid, None, &[sync.into(), run.into()])?.len() as i64;
     let (replaced, left_runs) = if pending && replaces {
-        let replaced = with_settings(BY_KEY, || client.update(&replace, None, &[sync.into(), run.into()]))?.first();
+        let replaced = if by_key {
+            with_settings(BY_KEY, || client.update(&replace_by_key, None, &[sync.into(), run.into()]))?
+        } else {
+            client.update(&replace_by_join, None, &[sync.into(), run.into()])?
+        }
+        .first();
         (replaced.required::<i64>("replaced")?, replaced.optional::<Vec<i64>>("left_runs")?.unwrap_or_default())
     } else {
         (0, Vec::new())
     };
-    // Looked up per key, as above (NOT EXISTS would become an anti join over every entry).
-    let not_pending = if pending {
+    // Looked up per key, as above, when few changed (NOT EXISTS becomes an anti join
+    // over every entry).
+    let not_pending = if by_key {
         "AND (SELECT true FROM vitally.record p WHERE p.sync_id = $1 AND p.sync_key = s.sync_key AND p.status = 'pending') IS NULL"
+    } else if pending {
+        "AND NOT EXISTS (SELECT FROM vitally.record p WHERE p.sync_id = $1 AND p.sync_key = s.sync_key AND p.status = 'pending')"
     } else {
         ""
     };
@@ -154,7 +193,7 @@ pub fn enqueue(client: &mut SpiClient<'_>, staged: &Staged, run_id: i64) -> Resu
           WHERE s.error IS NULL {not_pending}
           ORDER BY s.sync_key"
     );
-    let inserted = if pending {
+    let inserted = if by_key {
         with_settings(BY_KEY, || client.update(&insert, None, &[sync.into(), run.into()]))?
     } else {
         client.update(&insert, None, &[sync.into(), run.into()])?

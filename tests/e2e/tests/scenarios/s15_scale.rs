@@ -221,7 +221,12 @@ fn pending_records_are_found_by_key_not_by_walking_what_was_delivered() {
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     db.batch_execute("COMMIT").unwrap();
+    let earlier: (i64, String) = {
+        let r = db.query_one("SELECT records_pending, status FROM vitally.sync_run ORDER BY id DESC LIMIT 1 OFFSET 1", &[]).unwrap();
+        (r.get(0), r.get(1))
+    };
     assert_eq!(queued, 60, "30 pending records replaced, 30 more queued");
+    assert_eq!(earlier, (0, "succeeded".to_string()), "the run whose records were all replaced is over");
     let expected: Vec<(String, i32)> = (1..=60).map(|i| ((i * 500).to_string(), if i % 2 == 0 { 2 } else { 1 })).collect();
     assert_eq!(pending, expected, "one pending record per changed key; the replaced ones in their second version");
     assert!(heap > 500, "the queue has {heap} pages: the test no longer measures");
