@@ -71,6 +71,18 @@ pub fn enqueue(client: &mut SpiClient<'_>, staged: &Staged, run_id: i64) -> Resu
                 CASE WHEN pg_catalog.octet_length(s.payload::text) <= {MAX_RECORD_BYTES} THEN s.payload END, s.error
            FROM {records} s WHERE s.error IS NOT NULL"
     );
+    // What replacing a pending record sets, and the runs it leaves (either way below).
+    let replacement = format!(
+        "SET payload = {payload}, payload_hash = s.hash, message_id = {message_id}, run_id = $2,
+                    version = r.version + 1, attempts = 0, next_attempt_at = pg_catalog.now(),
+                    queued_at = pg_catalog.now(), http_status = NULL, error = NULL"
+    );
+    let left_runs = "left_runs AS (
+             UPDATE vitally.sync_run sr SET records_pending = sr.records_pending - m.n
+               FROM (SELECT old_run, pg_catalog.count(*) AS n FROM upd GROUP BY old_run) m
+              WHERE sr.id = m.old_run AND sr.id <> $2
+             RETURNING sr.id)
+         SELECT (SELECT pg_catalog.count(*) FROM upd) AS replaced, (SELECT pg_catalog.array_agg(id) FROM left_runs) AS left_runs";
     // A newer change replaces the pending one (a new version, so the worker can
     // tell); an event already pending stays as it is. The replaced record leaves its
     // old run (`o`, the row as it was), which may be over now. In one pass over the
@@ -78,22 +90,14 @@ pub fn enqueue(client: &mut SpiClient<'_>, staged: &Staged, run_id: i64) -> Resu
     let replace_by_join = format!(
         "WITH upd AS (
              UPDATE vitally.record r
-                SET payload = {payload}, payload_hash = s.hash, message_id = {message_id}, run_id = $2,
-                    version = r.version + 1, attempts = 0,
-                    next_attempt_at = pg_catalog.now(),
-                    queued_at = pg_catalog.now(), http_status = NULL, error = NULL
+                {replacement}
                FROM {records} s {state},
                     vitally.record o
               WHERE r.sync_id = $1 AND r.status = 'pending' AND r.sync_key = s.sync_key
                 AND o.id = r.id AND o.sync_id = $1 AND o.status = 'pending'
                 AND s.error IS NULL AND r.payload_hash IS DISTINCT FROM s.hash
              RETURNING o.run_id AS old_run),
-         left_runs AS (
-             UPDATE vitally.sync_run sr SET records_pending = sr.records_pending - m.n
-               FROM (SELECT old_run, pg_catalog.count(*) AS n FROM upd GROUP BY old_run) m
-              WHERE sr.id = m.old_run AND sr.id <> $2
-             RETURNING sr.id)
-         SELECT (SELECT pg_catalog.count(*) FROM upd) AS replaced, (SELECT pg_catalog.array_agg(id) FROM left_runs) AS left_runs"
+         {left_runs}"
     );
     // The same when few keys changed: each staged key is looked up in the index of
     // pending keys by itself (a lateral subquery the planner cannot flatten into a
@@ -114,20 +118,12 @@ pub fn enqueue(client: &mut SpiClient<'_>, staged: &Staged, run_id: i64) -> Resu
               WHERE s.error IS NULL),
          upd AS (
              UPDATE vitally.record r
-                SET payload = {payload}, payload_hash = s.hash, message_id = {message_id}, run_id = $2,
-                    version = r.version + 1, attempts = 0,
-                    next_attempt_at = pg_catalog.now(),
-                    queued_at = pg_catalog.now(), http_status = NULL, error = NULL
+                {replacement}
                FROM found s {state}
               WHERE r.id = ANY (ARRAY(SELECT f.id FROM found f)) AND r.id = s.id
                 AND r.sync_id = $1 AND (r.status || '') = 'pending'
              RETURNING s.old_run),
-         left_runs AS (
-             UPDATE vitally.sync_run sr SET records_pending = sr.records_pending - m.n
-               FROM (SELECT old_run, pg_catalog.count(*) AS n FROM upd GROUP BY old_run) m
-              WHERE sr.id = m.old_run AND sr.id <> $2
-             RETURNING sr.id)
-         SELECT (SELECT pg_catalog.count(*) FROM upd) AS replaced, (SELECT pg_catalog.array_agg(id) FROM left_runs) AS left_runs"
+         {left_runs}"
     );
     // A failed record whose key is queued again is no longer "failed now".
     let supersede = format!(
