@@ -158,14 +158,11 @@ pub fn enqueue(client: &mut SpiClient<'_>, staged: &Staged, run_id: i64) -> Resu
             .required::<i64>("count")?;
         staged_n.saturating_mul(4) < staged.rows
     };
+    let settings: &[(&std::ffi::CStr, &std::ffi::CStr)] = if by_key { BY_KEY } else { &[] };
     let invalid = client.update(&invalid, None, &[sync.into(), run.into()])?.len() as i64;
     let (replaced, left_runs) = if pending && replaces {
-        let replaced = if by_key {
-            with_settings(BY_KEY, || client.update(&replace_by_key, None, &[sync.into(), run.into()]))?
-        } else {
-            client.update(&replace_by_join, None, &[sync.into(), run.into()])?
-        }
-        .first();
+        let replace = if by_key { &replace_by_key } else { &replace_by_join };
+        let replaced = with_settings(settings, || client.update(replace, None, &[sync.into(), run.into()]))?.first();
         (replaced.required::<i64>("replaced")?, replaced.optional::<Vec<i64>>("left_runs")?.unwrap_or_default())
     } else {
         (0, Vec::new())
@@ -189,12 +186,7 @@ pub fn enqueue(client: &mut SpiClient<'_>, staged: &Staged, run_id: i64) -> Resu
           WHERE s.error IS NULL {not_pending}
           ORDER BY s.sync_key"
     );
-    let inserted = if by_key {
-        with_settings(BY_KEY, || client.update(&insert, None, &[sync.into(), run.into()]))?
-    } else {
-        client.update(&insert, None, &[sync.into(), run.into()])?
-    }
-    .len() as i64;
+    let inserted = with_settings(settings, || client.update(&insert, None, &[sync.into(), run.into()]))?.len() as i64;
     if failed {
         client.update(&supersede, None, &[sync.into()])?;
     }

@@ -104,6 +104,16 @@ fn a_run_compares_with_its_own_syncs_delivery_state_as_of_its_snapshot() {
     assert_eq!(run, (0, "succeeded".to_string()), "what this transaction delivered counts in its next run");
 }
 
+/// Heap pages of `table` a statement fetched (hits included), run inside the caller's
+/// transaction: the counts are the transaction's own until it ends.
+fn fetched(db: &mut Client, table: &str, sql: &str) -> i64 {
+    let count = format!("SELECT pg_stat_get_xact_blocks_fetched('{table}'::regclass)");
+    let before: i64 = scalar(db, &count);
+    db.batch_execute(sql).unwrap();
+    let after: i64 = scalar(db, &count);
+    after - before
+}
+
 /// A sync with few keys beside one with many reads its delivery state through the
 /// table's index, not the whole heap (which a full run of the large sync reads): its
 /// run costs what it has, not what every sync has. It still sees exactly its keys.
@@ -126,12 +136,10 @@ fn a_small_sync_beside_a_large_one_reads_only_its_own_delivery_state() {
     // Heap pages of the state fetched by one statement, and what its run queued.
     let run = |db: &mut Client, sql: &str| -> (i64, i64) {
         db.batch_execute("BEGIN").unwrap();
-        let before: i64 = scalar(db, "SELECT pg_stat_get_xact_blocks_fetched('vitally.delivery_state'::regclass)");
-        db.batch_execute(sql).unwrap();
-        let fetched: i64 = scalar(db, "SELECT pg_stat_get_xact_blocks_fetched('vitally.delivery_state'::regclass)");
+        let pages = fetched(db, "vitally.delivery_state", sql);
         let queued: i64 = scalar(db, "SELECT records_queued FROM vitally.sync_runs ORDER BY id DESC LIMIT 1");
         db.batch_execute("COMMIT").unwrap();
-        (fetched - before, queued)
+        (pages, queued)
     };
     assert!(state > 100, "the state has {state} pages: the test no longer measures");
     let (fetched, queued) = run(&mut db, "SELECT vitally.sync('small')");
@@ -173,10 +181,7 @@ fn a_change_replacing_a_pending_one_reads_the_delivery_state_once() {
     let state: i64 = scalar(&mut db, "SELECT relpages::int8 FROM pg_class WHERE oid = 'vitally.delivery_state'::regclass");
     assert!(state > 100, "the state has {state} pages: the test no longer measures");
     db.batch_execute("BEGIN; UPDATE t SET v = v + 1 WHERE id % 50 = 0").unwrap();
-    let before: i64 = scalar(&mut db, "SELECT pg_stat_get_xact_blocks_fetched('vitally.delivery_state'::regclass)");
-    db.batch_execute("SELECT vitally.sync('s')").unwrap();
-    let after: i64 = scalar(&mut db, "SELECT pg_stat_get_xact_blocks_fetched('vitally.delivery_state'::regclass)");
-    let fetched = after - before;
+    let fetched = fetched(&mut db, "vitally.delivery_state", "SELECT vitally.sync('s')");
     let (queued, pending): (i64, i64) = {
         let r = db
             .query_one(
@@ -210,9 +215,7 @@ fn pending_records_are_found_by_key_not_by_walking_what_was_delivered() {
     db.batch_execute("UPDATE t SET v = v + 1 WHERE id % 1000 = 0; SELECT vitally.sync('s')").unwrap();
     let heap: i64 = scalar(&mut db, "SELECT (pg_relation_size('vitally.record') / 8192)::int8");
     db.batch_execute("BEGIN; UPDATE t SET v = v + 1 WHERE id % 500 = 0").unwrap();
-    let before: i64 = scalar(&mut db, "SELECT pg_stat_get_xact_blocks_fetched('vitally.record'::regclass)");
-    db.batch_execute("SELECT vitally.sync('s')").unwrap();
-    let after: i64 = scalar(&mut db, "SELECT pg_stat_get_xact_blocks_fetched('vitally.record'::regclass)");
+    let fetched = fetched(&mut db, "vitally.record", "SELECT vitally.sync('s')");
     let queued: i64 = scalar(&mut db, "SELECT records_queued FROM vitally.sync_runs ORDER BY id DESC LIMIT 1");
     let pending: Vec<(String, i32)> = db
         .query("SELECT sync_key, version FROM vitally.record WHERE status = 'pending' ORDER BY sync_key::int", &[])
@@ -230,7 +233,6 @@ fn pending_records_are_found_by_key_not_by_walking_what_was_delivered() {
     let expected: Vec<(String, i32)> = (1..=60).map(|i| ((i * 500).to_string(), if i % 2 == 0 { 2 } else { 1 })).collect();
     assert_eq!(pending, expected, "one pending record per changed key; the replaced ones in their second version");
     assert!(heap > 500, "the queue has {heap} pages: the test no longer measures");
-    let fetched = after - before;
     // 309 here, against 1,154 before.
     assert!(fetched * 2 < heap, "the run fetched {fetched} buffers of the queue's {heap} pages for 60 changed keys");
 }
