@@ -135,6 +135,15 @@ CREATE TABLE vitally.delivery_state (
     PRIMARY KEY (sync_id, sync_key)
 );
 
+-- The keys a sync's last full pass read, in its order: 64-bit hashes (little-endian
+-- int8s), for the next pass to find what was delivered in that order (comparison.rs).
+-- Only a hint: lost or stale, a pass gives the same result, more slowly. Not dumped.
+CREATE TABLE vitally.read_order (
+    sync_id bigint PRIMARY KEY,
+    keys    bytea NOT NULL
+);
+ALTER TABLE vitally.read_order ALTER COLUMN keys SET STORAGE EXTERNAL;  -- hashes do not compress
+
 -- What Vitally answered, per destination and minute: vitally.metrics reads it instead of
 -- counting records. Kept as long as records (at least a day).
 CREATE TABLE vitally.delivery_stats (
@@ -173,7 +182,7 @@ CREATE TABLE vitally.change (
     changed_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp()
 );
 
-REVOKE ALL ON vitally.sync, vitally.sync_run, vitally.record, vitally.delivery_state, vitally.delivery_stats, vitally.watch, vitally.change FROM PUBLIC;
+REVOKE ALL ON vitally.sync, vitally.sync_run, vitally.record, vitally.delivery_state, vitally.read_order, vitally.delivery_stats, vitally.watch, vitally.change FROM PUBLIC;
 
 SELECT pg_catalog.pg_extension_config_dump('vitally.sync', '');
 SELECT pg_catalog.pg_extension_config_dump('vitally.sync_id_seq', '');

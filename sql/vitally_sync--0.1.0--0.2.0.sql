@@ -180,6 +180,16 @@ SELECT s.name AS sync_name,
                        FROM vitally.change x WHERE x.watch_id = w.id) c ON true
  WHERE pg_catalog.pg_has_role(s.owner, 'USAGE');
 
+-- The keys a sync's last full pass read, in its order: 64-bit hashes (little-endian
+-- int8s), for the next pass to find what was delivered in that order (comparison.rs).
+-- Only a hint: lost or stale, a pass gives the same result, more slowly. Not dumped.
+CREATE TABLE vitally.read_order (
+    sync_id bigint PRIMARY KEY,
+    keys    bytea NOT NULL
+);
+ALTER TABLE vitally.read_order ALTER COLUMN keys SET STORAGE EXTERNAL;  -- hashes do not compress
+REVOKE ALL ON vitally.read_order FROM PUBLIC;
+
 -- Whatever ALTER DEFAULT PRIVILEGES said before CREATE EXTENSION (for the installing role
 -- or for all roles), no role but the owner keeps a privilege on any object of the
 -- extension; the documented grants follow.
@@ -250,4 +260,3 @@ DROP INDEX vitally.record_run;
 DROP INDEX vitally.record_due;
 CREATE INDEX record_due ON vitally.record (sync_id, next_attempt_at, id) WHERE status = 'pending';
 UPDATE vitally.record SET lease_until = NULL WHERE lease_until IS NOT NULL;
-

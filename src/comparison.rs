@@ -5,8 +5,12 @@
 //! The sync's query runs as its owner, who need not be able to use schema `vitally`,
 //! so the pass calls `admit` as `pg_temp.vitally_admit`, a function the extension's
 //! owner creates for the pass and drops after it. What it consults lives in this
-//! backend's memory for the pass only (about 50 bytes a key) and is dropped when the
+//! backend's memory for the pass only (about 70 bytes a key) and is dropped when the
 //! pass ends or its transaction does.
+//!
+//! A full run also keeps the order it read its keys in (`vitally.read_order`, 8 bytes
+//! a key hash), for the next run to lay out what was delivered in that order: see
+//! `vitally_planner::compare`. Only a hint; nothing a user wrote reads or writes it.
 
 use crate::elevation::{as_extension_owner, with_settings};
 use crate::errors::Result;
@@ -129,6 +133,9 @@ pub fn begin(sync_id: i64, against: Against, keys: Option<&[String]>) -> Result<
     let mut comparison = Comparison::new(against);
     if against != Against::Nothing {
         load(sync_id, keys, &mut comparison)?;
+        if keys.is_none() {
+            comparison.expect(read_order(sync_id)?);
+        }
         comparison.loaded(&mut || {
             pgrx::check_for_interrupts!();
         });
@@ -306,6 +313,30 @@ pub fn repeats() -> (Vec<i64>, i64) {
     CURRENT.with_borrow_mut(|current| match current {
         Some(c) => (c.repeats().to_vec(), c.rows()),
         None => (Vec::new(), 0),
+    })
+}
+
+/// The keys the sync's last full pass read, in its order (none kept: empty).
+fn read_order(sync_id: i64) -> Result<Vec<i64>> {
+    let bytes = as_extension_owner(|| {
+        Ok(Spi::get_one_with_args::<Vec<u8>>("SELECT (SELECT keys FROM vitally.read_order WHERE sync_id = $1)", &[sync_id.into()])?)
+    })?;
+    Ok(bytes.unwrap_or_default().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes"))).collect())
+}
+
+/// After `repeats` of a full pass: the order its keys came in, kept for the next pass
+/// when it differs from the one kept (see `vitally_planner::compare`).
+pub fn keep_order(sync_id: i64) -> Result<()> {
+    let Some(keys) = CURRENT.with_borrow_mut(|current| current.as_mut().and_then(|c| c.order_to_keep())) else {
+        return Ok(());
+    };
+    let bytes: Vec<u8> = keys.iter().flat_map(|k| k.to_le_bytes()).collect();
+    as_extension_owner(|| {
+        Spi::run_with_args(
+            "INSERT INTO vitally.read_order (sync_id, keys) VALUES ($1, $2) ON CONFLICT (sync_id) DO UPDATE SET keys = EXCLUDED.keys",
+            &[sync_id.into(), bytes.into()],
+        )?;
+        Ok(())
     })
 }
 

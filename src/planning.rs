@@ -288,6 +288,9 @@ pub fn stage(sync: &SyncRow, prepared: &Prepared, pass: Pass, progress: &mut Pro
     };
     run_query()?;
     let (repeats, rows) = crate::comparison::repeats();
+    if let Pass::Run { .. } = pass {
+        crate::comparison::keep_order(sync.id)?;
+    }
     progress.phase(|| format!("ran the query and compared it with what was delivered: {rows} rows"));
     let repeated = !repeats.is_empty();
     if repeated {

@@ -278,7 +278,8 @@ pub fn forget_syncs(client: &mut SpiClient<'_>, sync_ids: &[i64]) -> Result<()> 
     }
     client.update(
         "WITH records AS (DELETE FROM vitally.record WHERE sync_id = ANY($1)),
-              changes AS (DELETE FROM vitally.change WHERE sync_id = ANY($1))
+              changes AS (DELETE FROM vitally.change WHERE sync_id = ANY($1)),
+              orders AS (DELETE FROM vitally.read_order WHERE sync_id = ANY($1))
          DELETE FROM vitally.delivery_state WHERE sync_id = ANY($1)",
         None,
         &[sync_ids.to_vec().into()],

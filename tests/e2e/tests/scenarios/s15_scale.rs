@@ -18,6 +18,7 @@ crate::trials!("15_scale":
     a_small_sync_beside_a_large_one_reads_only_its_own_delivery_state,
     a_change_replacing_a_pending_one_reads_the_delivery_state_once,
     pending_records_are_found_by_key_not_by_walking_what_was_delivered,
+    a_run_keeps_the_order_it_read_its_keys_in_and_writes_it_only_when_it_moved,
 );
 
 /// A change's messageId is counted from a random prefix drawn once per backend, not read
@@ -305,6 +306,89 @@ fn a_re_run_writes_only_the_rows_that_changed_and_reads_each_page_once() {
     assert!(written(&changed) <= 20, "500 changed rows wrote {} local pages", written(&changed));
     let queued: i64 = scalar(&mut db, "SELECT records_queued FROM vitally.sync_runs ORDER BY id DESC LIMIT 1");
     assert_eq!(queued, 500);
+}
+
+/// A full run of 10,000 rows or more keeps the order it read its keys in, for the next
+/// run to find what was delivered in that order (the lookups themselves are counted in
+/// vitally-planner's tests). An order that still fits is not written again; one that no
+/// longer does is; the result is the same either way; only the extension's owner reads
+/// it; dropping the sync removes it.
+fn a_run_keeps_the_order_it_read_its_keys_in_and_writes_it_only_when_it_moved() {
+    let mut db = fresh_database(cluster(), "scale_read_order");
+    destination(&mut db, "d");
+    db.batch_execute(
+        "CREATE TABLE t AS SELECT g AS id, g % 7 AS v FROM generate_series(1, 20000) g;
+         CREATE TABLE small AS SELECT g AS id FROM generate_series(1, 500) g;
+         SELECT vitally.create_sync('s', 'd', 'account', 'upsert', 'SELECT * FROM t');
+         SELECT vitally.create_sync('small', 'd', 'account', 'upsert', 'SELECT * FROM small');
+         SELECT vitally.sync('s'); SELECT vitally.sync('small');",
+    )
+    .unwrap();
+    let kept = |db: &mut Client| -> (i64, String) {
+        let r = db
+            .query_one(
+                "SELECT coalesce(octet_length(o.keys), 0)::int8, coalesce(o.xmin::text, '') FROM vitally.sync s LEFT JOIN vitally.read_order o ON o.sync_id = s.id WHERE s.name = 's'",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    let queued = |db: &mut Client, sync: &str| -> i64 {
+        scalar(db, &format!("SELECT records_queued FROM vitally.sync_runs WHERE sync_name = '{sync}' ORDER BY id DESC LIMIT 1"))
+    };
+    let (bytes, first) = kept(&mut db);
+    assert_eq!(bytes, 20_000 * 8, "a key hash of 8 bytes per row");
+    let small: i64 = scalar(&mut db, "SELECT count(*) FROM vitally.read_order o JOIN vitally.sync s ON s.id = o.sync_id WHERE s.name = 'small'");
+    assert_eq!(small, 0, "a sync of 500 rows keeps no order");
+    deliver_by_hand(&mut db, "s");
+    db.batch_execute("SELECT vitally.sync('s')").unwrap();
+    assert_eq!(queued(&mut db, "s"), 0);
+    assert_eq!(kept(&mut db).1, first, "an unchanged re-run in the same order does not write it again");
+    // Rows changed (moved to the end of the heap), deleted (a range, past the lookahead),
+    // added: under 5% out of order, so the order is kept as it is.
+    db.batch_execute(
+        "UPDATE t SET v = v + 1 WHERE id % 100 = 0;
+         DELETE FROM t WHERE id BETWEEN 5001 AND 5600;
+         INSERT INTO t SELECT g, 0 FROM generate_series(20001, 20300) g;
+         SELECT vitally.sync('s');",
+    )
+    .unwrap();
+    assert_eq!(queued(&mut db, "s"), 200 - 6 + 300, "the changed rows still there and the new ones, nothing else");
+    let pending: Vec<String> = db
+        .query("SELECT sync_key FROM vitally.records WHERE sync_name = 's' AND status = 'pending' ORDER BY sync_key::int", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let expected: Vec<String> = (1..=20_300).filter(|i| (i % 100 == 0 && !(5001..=5600).contains(i)) || *i > 20_000).map(|i| i.to_string()).collect();
+    assert_eq!(pending, expected);
+    assert_eq!(kept(&mut db).1, first, "95% of the rows where the order put them: not written again");
+    deliver_by_hand(&mut db, "s");
+    // The same rows in another order: nothing is queued, and the new order is kept.
+    db.batch_execute(
+        "CREATE TABLE t2 AS SELECT * FROM t ORDER BY md5(id::text); DROP TABLE t; ALTER TABLE t2 RENAME TO t;
+         SELECT vitally.sync('s');",
+    )
+    .unwrap();
+    assert_eq!(queued(&mut db, "s"), 0, "reordered, unchanged");
+    let (bytes, second) = kept(&mut db);
+    assert_eq!(bytes, 19_700 * 8);
+    assert_ne!(second, first, "an order that no longer fits is written again");
+    db.batch_execute("UPDATE t SET v = v + 1 WHERE id % 1000 = 7; SELECT vitally.sync('s')").unwrap();
+    assert_eq!(queued(&mut db, "s"), 20, "in the new order, exactly the rows that changed");
+    let (user, public): (bool, bool) = {
+        let r = db
+            .query_one(
+                "SELECT has_table_privilege('vitally_user', 'vitally.read_order', 'SELECT, INSERT, UPDATE, DELETE'),
+                        coalesce((SELECT bool_or(a.grantee = 0) FROM pg_class c, aclexplode(c.relacl) a WHERE c.oid = 'vitally.read_order'::regclass), false)",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((user, public), (false, false), "only the extension's owner reads or writes the order");
+    db.batch_execute("SELECT vitally.drop_sync('s')").unwrap();
+    assert_eq!(scalar::<i64>(&mut db, "SELECT count(*) FROM vitally.read_order"), 0, "dropping the sync drops its order");
 }
 
 /// Buffers (hit and read) a statement touched, from EXPLAIN (ANALYZE, BUFFERS).
