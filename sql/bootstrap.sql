@@ -137,8 +137,10 @@ CREATE TABLE vitally.delivery_state (
 
 -- The keys a sync's last full pass read, in its order: 64-bit hashes (little-endian
 -- int8s), for the next pass to find what was delivered in that order (comparison.rs).
--- Only a hint: lost or stale, a pass gives the same result, more slowly. Not dumped.
-CREATE TABLE vitally.read_order (
+-- Only a hint: lost or stale, a pass gives the same result, more slowly. So unlogged
+-- (a sync whose query's order moves rewrites it each run: no WAL, nothing shipped to
+-- standbys; emptied by a crash) and not dumped.
+CREATE UNLOGGED TABLE vitally.read_order (
     sync_id bigint PRIMARY KEY,
     keys    bytea NOT NULL
 );

@@ -128,12 +128,16 @@ unsafe extern "C-unwind" fn hashers(flinfo: *mut pg_sys::FmgrInfo, nargs: usize)
 }
 
 /// Starts a pass of sync `sync_id`: reads what was delivered for it (unless `against`
-/// is `Nothing`) and creates the function the pass calls.
-pub fn begin(sync_id: i64, against: Against, keys: Option<&[String]>) -> Result<()> {
+/// is `Nothing`) and creates the function the pass calls. `every_row`: a run of every
+/// row, whose order `keep_order` may keep.
+pub fn begin(sync_id: i64, against: Against, keys: Option<&[String]>, every_row: bool) -> Result<()> {
     let mut comparison = Comparison::new(against);
+    if every_row {
+        comparison.keeps_order();
+    }
     if against != Against::Nothing {
         load(sync_id, keys, &mut comparison)?;
-        if keys.is_none() {
+        if every_row {
             comparison.expect(read_order(sync_id)?);
         }
         comparison.loaded(&mut || {

@@ -268,7 +268,7 @@ pub fn stage(sync: &SyncRow, prepared: &Prepared, pass: Pass, progress: &mut Pro
         (Pass::Run { full_resync: false } | Pass::Keys(_), _) => Against::Values,
         _ => Against::Nothing,
     };
-    crate::comparison::begin(sync.id, against, keys)?;
+    crate::comparison::begin(sync.id, against, keys, matches!(pass, Pass::Run { .. }))?;
     let fill = format!(
         "INSERT INTO {RECORDS} (sync_key, hash, payload, error) {}",
         prepared.plan.records_sql(&sync.query, seed, limit, keys.map(|_| prepared.key_type.as_str()), crate::comparison::ADMIT, &prepared.options)
@@ -288,9 +288,7 @@ pub fn stage(sync: &SyncRow, prepared: &Prepared, pass: Pass, progress: &mut Pro
     };
     run_query()?;
     let (repeats, rows) = crate::comparison::repeats();
-    if let Pass::Run { .. } = pass {
-        crate::comparison::keep_order(sync.id)?;
-    }
+    crate::comparison::keep_order(sync.id)?;
     progress.phase(|| format!("ran the query and compared it with what was delivered: {rows} rows"));
     let repeated = !repeats.is_empty();
     if repeated {

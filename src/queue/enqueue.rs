@@ -264,8 +264,10 @@ pub fn requeue_failed(client: &mut SpiClient<'_>, sync_id: i64) -> Result<i64> {
     Ok(count)
 }
 
-/// Forgets what was delivered for a sync: its next run sends every row. Returns how many keys.
+/// Forgets what was delivered for a sync: its next run sends every row. Returns how many
+/// keys. The order its last run read them in goes too (nothing left to lay out in it).
 pub fn forget_delivered(client: &mut SpiClient<'_>, sync_id: i64) -> Result<i64> {
+    client.update("DELETE FROM vitally.read_order WHERE sync_id = $1", None, &[sync_id.into()])?;
     Ok(client.update("DELETE FROM vitally.delivery_state WHERE sync_id = $1", None, &[sync_id.into()])?.len() as i64)
 }
 

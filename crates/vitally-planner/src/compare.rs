@@ -125,6 +125,9 @@ struct Ordered {
     /// (key hash, values hash) of the delivered keys, in the last pass's order.
     pairs: Vec<(i64, i64)>,
     next: usize,
+    /// Where the order goes on if the last row's key, found far ahead, was not a stray
+    /// (a row that moved back into free space): taken up only when the next row agrees.
+    further: Option<usize>,
     /// Rows found where expected; rows not (new keys, moved rows).
     found: i64,
     missed: i64,
@@ -138,27 +141,28 @@ impl Ordered {
         if self.off {
             return None;
         }
-        let start = self.next;
-        let ahead = &self.pairs[start..];
-        let at = ahead.iter().take(LOOKAHEAD).position(|&(k, _)| k == key).or_else(|| {
-            // Delivered, but not just ahead: after a range of deleted rows it is further
-            // on (the order is taken up again from there); a moved row's is behind.
-            delivered.get(key)?;
-            ahead.iter().take(SEARCH).skip(LOOKAHEAD).position(|&(k, _)| k == key).map(|j| j + LOOKAHEAD)
-        });
-        match at {
-            Some(j) => {
-                self.next = start + j + 1;
+        let near = |from: usize| self.pairs[from..].iter().take(LOOKAHEAD).position(|&(k, _)| k == key).map(|j| from + j);
+        if let Some(i) = near(self.next).or_else(|| self.further.and_then(near)) {
+            self.next = i + 1;
+            self.further = None;
+            self.found += 1;
+            return Some(self.pairs[i].1);
+        }
+        self.further = None;
+        // Delivered, but not just ahead: after a range of deleted rows it is further on
+        // (the order goes on from there if the next row agrees); a moved row's is behind.
+        if delivered.get(key).is_some() {
+            let from = self.next + LOOKAHEAD;
+            if let Some(j) = self.pairs.get(from..).unwrap_or_default().iter().take(SEARCH - LOOKAHEAD).position(|&(k, _)| k == key) {
+                self.further = Some(from + j + 1);
                 self.found += 1;
-                Some(ahead[j].1)
-            }
-            None => {
-                self.missed += 1;
-                // Mostly out of order (another plan, a shuffled table): the table alone.
-                self.off = self.missed > 5_000 && self.missed > self.found;
-                None
+                return Some(self.pairs[from + j].1);
             }
         }
+        self.missed += 1;
+        // Mostly out of order (another plan, a shuffled table): the table alone.
+        self.off = self.missed > 5_000 && self.missed > self.found;
+        None
     }
 }
 
@@ -199,7 +203,9 @@ pub struct Comparison {
     /// The keys the last pass read, in its order (until the table is built).
     expected: Vec<i64>,
     ordered: Ordered,
-    /// The keys of this pass in its order, when they are worth keeping for the next.
+    /// Whether this pass's order may be kept (a run of every row, not a preview or the
+    /// re-plan of a few keys), and the keys in that order, when worth keeping.
+    keeps: bool,
     kept: Option<Vec<i64>>,
 }
 
@@ -216,6 +222,7 @@ impl Comparison {
             rows: 0,
             expected: Vec::new(),
             ordered: Ordered::default(),
+            keeps: false,
             kept: None,
         }
     }
@@ -228,6 +235,11 @@ impl Comparison {
     /// The keys the last pass read, in its order (before `loaded`).
     pub fn expect(&mut self, keys: Vec<i64>) {
         self.expected = keys;
+    }
+
+    /// This pass reads every row of the sync: its order may be kept for the next.
+    pub fn keeps_order(&mut self) {
+        self.keeps = true;
     }
 
     /// Ends the reading of what was delivered: its table is built (else at the first
@@ -247,7 +259,15 @@ impl Comparison {
         if !self.expected.is_empty() {
             let expected = std::mem::take(&mut self.expected);
             let mut pairs = Vec::with_capacity(expected.len());
-            pairs.extend(expected.into_iter().filter_map(|key| self.delivered.get(key).map(|hash| (key, hash))));
+            for (i, key) in expected.into_iter().enumerate() {
+                // Cancellable, as the build is (keys chosen to share slots make it slow).
+                if i % 1024 == 0 {
+                    check();
+                }
+                if let Some(hash) = self.delivered.get(key) {
+                    pairs.push((key, hash));
+                }
+            }
             self.ordered.pairs = pairs;
         }
     }
@@ -309,7 +329,10 @@ impl Comparison {
         // Kept when the order given was missing or no longer fits (under 95% of the rows
         // found where expected): rewriting it after every pass would cost a write of
         // 8 bytes a row to a run that may have nothing to queue.
-        if (ORDER_MIN_ROWS..=ORDER_MAX_ROWS).contains(&self.rows) && self.ordered.found.saturating_mul(20) < self.rows.saturating_mul(19) {
+        if self.keeps
+            && (ORDER_MIN_ROWS..=ORDER_MAX_ROWS).contains(&self.rows)
+            && self.ordered.found.saturating_mul(20) < self.rows.saturating_mul(19)
+        {
             self.kept = Some(keys.clone());
         }
         keys.sort_unstable();
@@ -428,6 +451,7 @@ mod tests {
     fn second_pass(rows: &[(i64, i64)]) -> (Vec<bool>, Vec<bool>, (i64, i64)) {
         let delivered: Vec<(i64, i64)> = (0..20_000).map(|i| (key(i), i)).collect();
         let mut first = Comparison::new(Against::Values);
+        first.keeps_order();
         delivered.iter().rev().for_each(|&(k, h)| first.delivered(k, h));
         assert!(admitted(&mut first, &delivered).iter().all(|a| !a));
         first.repeats();
@@ -478,15 +502,37 @@ mod tests {
     }
 
     #[test]
+    fn a_row_read_far_too_early_does_not_drag_the_order_along() {
+        // Every 500th row read 300 places early (an update that put it in free space
+        // further back in its table): found far ahead, and the order goes on from where
+        // the next row is, not from there.
+        let mut ids: Vec<i64> = (0..20_000).filter(|i| i % 500 != 499).collect();
+        for moved in (0..20_000).filter(|i| i % 500 == 499).rev() {
+            let at = ids.iter().position(|&i| i == moved - 300).unwrap();
+            ids.insert(at, moved);
+        }
+        let rows: Vec<(i64, i64)> = ids.iter().map(|&i| (key(i), i)).collect();
+        let (plain, ordered, (found, missed)) = second_pass(&rows);
+        assert_eq!(plain, ordered);
+        assert_eq!((found, missed), (20_000, 0), "each row found where expected or just ahead");
+    }
+
+    #[test]
     fn an_order_that_still_fits_is_not_written_again_and_a_small_pass_keeps_none() {
         let rows: Vec<(i64, i64)> = (0..20_000).map(|i| (key(i), i)).collect();
         let mut c = Comparison::new(Against::Values);
+        c.keeps_order();
         rows.iter().for_each(|&(k, h)| c.delivered(k, h));
         c.expect(rows.iter().map(|&(k, _)| k).collect());
         admitted(&mut c, &rows);
         c.repeats();
         assert_eq!(c.order_to_keep(), None);
+        let mut preview = Comparison::new(Against::Nothing);
+        admitted(&mut preview, &rows);
+        preview.repeats();
+        assert_eq!(preview.order_to_keep(), None, "only a pass told it reads every row keeps its order");
         let mut small = Comparison::new(Against::Nothing);
+        small.keeps_order();
         admitted(&mut small, &rows[..100]);
         small.repeats();
         assert_eq!(small.order_to_keep(), None);
