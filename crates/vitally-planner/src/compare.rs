@@ -136,10 +136,11 @@ struct Ordered {
 }
 
 impl Ordered {
-    /// The delivered hash of `key` if it is at (or a little after) the expected place.
+    /// What was delivered for `key`: at (or a little after) the expected place, else
+    /// from the table, which is asked once.
     fn find(&mut self, key: i64, delivered: &Delivered) -> Option<i64> {
         if self.off {
-            return None;
+            return delivered.get(key);
         }
         let near = |from: usize| self.pairs[from..].iter().take(LOOKAHEAD).position(|&(k, _)| k == key).map(|j| from + j);
         if let Some(i) = near(self.next).or_else(|| self.further.and_then(near)) {
@@ -149,20 +150,21 @@ impl Ordered {
             return Some(self.pairs[i].1);
         }
         self.further = None;
+        let hash = delivered.get(key);
         // Delivered, but not just ahead: after a range of deleted rows it is further on
         // (the order goes on from there if the next row agrees); a moved row's is behind.
-        if delivered.get(key).is_some() {
+        if hash.is_some() {
             let from = self.next + LOOKAHEAD;
             if let Some(j) = self.pairs.get(from..).unwrap_or_default().iter().take(SEARCH - LOOKAHEAD).position(|&(k, _)| k == key) {
                 self.further = Some(from + j + 1);
                 self.found += 1;
-                return Some(self.pairs[from + j].1);
+                return hash;
             }
         }
         self.missed += 1;
         // Mostly out of order (another plan, a shuffled table): the table alone.
         self.off = self.missed > 5_000 && self.missed > self.found;
-        None
+        hash
     }
 }
 
@@ -272,14 +274,6 @@ impl Comparison {
         }
     }
 
-    /// What was delivered for `key`: at the expected place, else from the table.
-    fn delivered_hash(&mut self, key: i64) -> Option<i64> {
-        match self.ordered.find(key, &self.delivered) {
-            Some(hash) => Some(hash),
-            None => self.delivered.get(key),
-        }
-    }
-
     /// Rows found where the last pass's order put them, and rows not.
     pub fn in_order(&self) -> (i64, i64) {
         (self.ordered.found, self.ordered.missed)
@@ -297,8 +291,8 @@ impl Comparison {
                 self.keys.push(key);
                 let admitted = match self.against {
                     Against::Nothing => true,
-                    Against::Values => self.delivered_hash(key) != Some(hash),
-                    Against::Keys => self.delivered_hash(key).is_none(),
+                    Against::Values => self.ordered.find(key, &self.delivered) != Some(hash),
+                    Against::Keys => self.ordered.find(key, &self.delivered).is_none(),
                 };
                 if admitted && self.against != Against::Nothing {
                     self.changed.push(key);
