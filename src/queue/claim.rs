@@ -66,10 +66,10 @@ impl Cursors {
 }
 
 /// Claims due records of every destination API not in `busy`, one job each, leaving out
-/// the records `in_flight`; syncs share a job's size evenly.
+/// the records `in_flight`; syncs share a job's size (`vitally_client::jobs::fill`).
 pub fn claim(client: &SpiClient<'_>, busy: &[JobKey], in_flight: &[i64], cursors: &mut Cursors, sizes: &JobSizes) -> Result<Vec<Job>> {
     let mut groups: BTreeMap<JobKey, Vec<(i64, Object, Route)>> = BTreeMap::new();
-    for row in client.select(SYNCS, None, &[])? {
+    for row in super::kept::run(client, SYNCS, false, &[])? {
         let sync_id: i64 = row.required("id")?;
         // A pair changed by hand in the table is skipped (said once), never a stop for all.
         let (object, _, route) = match parse_pair(&row.required::<String>("object")?, &row.required::<String>("behavior")?) {
@@ -92,13 +92,12 @@ pub fn claim(client: &SpiClient<'_>, busy: &[JobKey], in_flight: &[i64], cursors
     let mut jobs = Vec::new();
     for (key, syncs) in groups {
         let size = if key.rest { sizes.rest } else { sizes.analytics };
-        let per_sync = (size / syncs.len() as i64).max(sizes.per_sync_at_least);
         let mut records = Vec::new();
-        for &(sync_id, object, route) in &syncs {
+        vitally_client::jobs::fill(size, sizes.per_sync_at_least, &syncs, |(sync_id, object, route), per_sync| -> Result<i64> {
             let (at, id) = cursors.after.get(&sync_id).copied().unwrap_or((TimestampWithTimeZone::negative_infinity(), 0));
             let mut last = (now, i64::MAX);
             let mut taken = 0;
-            for row in client.select(CLAIM, None, &[sync_id.into(), per_sync.into(), at.into(), id.into(), in_flight.to_vec().into()])? {
+            for row in super::kept::run(client, CLAIM, false, &[sync_id.into(), per_sync.into(), at.into(), id.into(), in_flight.to_vec().into()])? {
                 let id: i64 = row.required("id")?;
                 last = (row.required::<TimestampWithTimeZone>("next_attempt_at")?, id);
                 taken += 1;
@@ -122,7 +121,8 @@ pub fn claim(client: &SpiClient<'_>, busy: &[JobKey], in_flight: &[i64], cursors
             // A full claim resumes after its last record; a short one after `now`. (Those
             // in flight it left out come back, if at all, as retries due later than now.)
             cursors.after.insert(sync_id, if taken < per_sync { (now, i64::MAX) } else { last });
-        }
+            Ok(taken)
+        })?;
         if !records.is_empty() {
             jobs.push(Job { key, records });
         }

@@ -28,6 +28,7 @@
 
 mod claim;
 mod enqueue;
+pub mod kept;
 mod outcomes;
 mod prune;
 mod runs;

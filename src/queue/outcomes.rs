@@ -60,9 +60,10 @@ pub fn record_outcomes(client: &mut SpiClient<'_>, results: &[JobResult], retry:
     if ids.is_empty() {
         return Ok(0);
     }
-    let updated = client.update(
+    let updated = super::kept::run(
+        client,
         RECORD_OUTCOMES,
-        None,
+        true,
         &[ids.clone().into(), versions.into(), statuses.into(), incs.into(), delays.into(), https.into(), errors.into(), destinations.into()],
     )?;
     let mut runs = Vec::new();

@@ -10,12 +10,14 @@ pub const SYNCS: &str = "SELECT s.id, s.destination_id, s.object, s.behavior FRO
 /// index `(sync_id, next_attempt_at, id)`, leaving out the ids `$5` (in flight). The scan
 /// starts where the last claim ended, so it never walks the index entries that delivered
 /// records leave behind until vacuum; `('-infinity', 0)` starts from the beginning. No
-/// lease is written: only the worker claims, and it keeps what it sent in memory.
+/// lease is written: only the worker claims, and it keeps what it sent in memory. The ids
+/// in flight are a subquery, looked up in a hash: as `<> ALL ($5)` the planner estimated
+/// each of them (hundreds, on every claim of every sync) and each row was compared with all.
 pub const CLAIM: &str = "SELECT r.id, r.version, r.sync_key, r.payload, r.payload_hash, r.message_id::pg_catalog.text AS message_id, r.attempts,
             pg_catalog.to_char(r.queued_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS queued_at, r.next_attempt_at
        FROM vitally.record r
       WHERE r.sync_id = $1 AND r.status = 'pending' AND r.next_attempt_at <= pg_catalog.now()
-        AND (r.next_attempt_at, r.id) > ($3::timestamptz, $4::bigint) AND r.id <> ALL ($5::bigint[])
+        AND (r.next_attempt_at, r.id) > ($3::timestamptz, $4::bigint) AND r.id NOT IN (SELECT pg_catalog.unnest($5::bigint[]))
       ORDER BY r.next_attempt_at, r.id
       LIMIT $2";
 

@@ -255,6 +255,7 @@ impl Worker {
             self.in_flight.clear();
             self.finished.clear();
             self.cursors.reset();
+            crate::queue::kept::forget();
             if let Extension::Ours(_) = now {
                 // Whatever ran on this schema before may not have kept the counts.
                 in_transaction(crate::queue::recount_pending);
@@ -293,6 +294,8 @@ impl Worker {
             self.rings = rings;
             self.cursors.reset();
             self.cursors_reset = Instant::now();
+            // Planned again for the queue as it is now (kept.rs).
+            crate::queue::kept::forget();
         }
         let live_rings = self.slot.live_rings();
         let live_rang = live_rings != self.live_rings;

@@ -4,12 +4,15 @@
 use crate::{cluster, APP_DB};
 use std::time::Duration;
 use vitally_e2e::queue_statements::{CLAIM, FINISH_RUNS, RECORD_OUTCOMES};
-use vitally_e2e::{deliver_by_hand, destination, emulator, emulator_destination, eventually, fresh_database, scalar, sync_and_wait, Client, Faults};
+use vitally_e2e::{
+    deliver_by_hand, destination, emulator, emulator_destination, eventually, fresh_database, scalar, sync_and_wait, Client, Cluster, Faults,
+};
 
 crate::trials!("15_scale":
     the_workers_writes_reach_the_table_statistics,
     claims_and_finished_runs_read_pages_by_what_they_take_not_by_what_was_delivered,
     an_outcome_finds_its_records_by_id_whatever_the_statistics_say,
+    the_worker_plans_its_claims_and_outcomes_once_and_fills_each_job,
     a_run_whose_records_a_newer_run_took_over_is_finished,
     a_change_queued_by_a_transaction_older_than_the_last_claim_is_delivered_at_once,
     a_re_run_writes_only_the_rows_that_changed_and_reads_each_page_once,
@@ -483,6 +486,57 @@ fn an_outcome_finds_its_records_by_id_whatever_the_statistics_say() {
     assert!(joined <= 100.0, "recording 100 outcomes compared and threw away {joined} pairs of rows (a nested loop over all of them)");
     let delivered: i64 = scalar(&mut db, &format!("SELECT count(*) FROM vitally.record WHERE status = 'delivered' AND id <= {}", ids[n - 1]));
     assert!(delivered >= 100, "the outcomes were recorded: {delivered}");
+}
+
+/// The worker's claims and outcomes run from plans it keeps: counted by
+/// pg_stat_statements, each is planned a few times (the plan cache's first custom plans,
+/// again after the commit that queued the records), not on every call; before, parsing
+/// and planning them was a quarter of the worker's CPU. And one busy sync beside three
+/// idle ones fills whole jobs (before, each sync got a quarter of a job, so four times the
+/// outcomes to record).
+fn the_worker_plans_its_claims_and_outcomes_once_and_fills_each_job() {
+    let cluster = Cluster::with_worker(
+        "kept-plans",
+        &[
+            "shared_preload_libraries = 'vitally_sync, pg_stat_statements'",
+            "pg_stat_statements.track = all",
+            "pg_stat_statements.track_planning = on",
+            // Jobs of 5 x 4 x 8 = 160 records: many claims and outcomes for a few thousand.
+            "vitally.batch_size = 5",
+        ],
+    );
+    let vitally = emulator(Faults::default());
+    let mut db = cluster.admin("app");
+    emulator_destination(&mut db, "d", &vitally);
+    db.batch_execute(
+        "CREATE EXTENSION pg_stat_statements;
+         CREATE TABLE busy AS SELECT g AS id, g % 7 AS v FROM generate_series(1, 6400) g;
+         CREATE TABLE idle AS SELECT g AS id FROM generate_series(1, 3) g;
+         SELECT vitally.create_sync('busy', 'd', 'account', 'upsert', 'SELECT * FROM busy');
+         SELECT vitally.create_sync('idle_' || i, 'd', 'account', 'upsert', 'SELECT * FROM idle') FROM generate_series(1, 3) i;",
+    )
+    .unwrap();
+    for i in 1..=3 {
+        assert_eq!(sync_and_wait(&mut db, &format!("idle_{i}"), 60), "succeeded");
+    }
+    db.batch_execute("SELECT pg_stat_statements_reset()").unwrap();
+    assert_eq!(sync_and_wait(&mut db, "busy", 120), "succeeded");
+    let counted = |db: &mut Client, sql: &str| -> (i64, i64) {
+        // By its beginning: pg_stat_statements shows constants as parameters.
+        let row = db
+            .query_one(
+                "SELECT coalesce(sum(calls), 0)::int8, coalesce(sum(plans), 0)::int8 FROM pg_stat_statements WHERE left(query, 60) = left($1, 60)",
+                &[&sql],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    let (claims, claim_plans) = counted(&mut db, CLAIM);
+    let (outcomes, outcome_plans) = counted(&mut db, RECORD_OUTCOMES);
+    assert!(claims >= 40, "{claims} claims: the test no longer makes many");
+    assert!(claim_plans * 3 <= claims, "{claims} claims planned {claim_plans} times");
+    assert!((40..=60).contains(&outcomes), "6,400 records in jobs of 160 took {outcomes} outcome statements");
+    assert!(outcome_plans * 3 <= outcomes, "{outcomes} outcome statements planned {outcome_plans} times");
 }
 
 /// A run is over when none of its records is pending, also when a newer run took over

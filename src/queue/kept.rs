@@ -1,0 +1,43 @@
+//! The worker's per-round statements, parsed once and kept (`SPI_keepplan`) instead of
+//! parsed, analyzed and planned on every claim of every sync and every outcome: that was
+//! a quarter of the worker's CPU while delivering.
+//!
+//! Postgres's plan cache plans the first executions with their values, and may then keep
+//! a generic plan, made for the table as it was. So the worker forgets them whenever its
+//! claims start over (a commit that queued records, every 30 s, a new extension): a plan
+//! made when the queue was small is never kept for long once a large run is queued. DDL
+//! on the tables and the statistics autovacuum writes invalidate them too.
+
+use pgrx::datum::DatumWithOid;
+use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiResult, SpiTupleTable};
+use pgrx::PgOid;
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+thread_local! {
+    /// By statement text (the constants of `statements.rs`). Only the worker's thread runs SPI.
+    static KEPT: RefCell<HashMap<&'static str, OwnedPreparedStatement>> = RefCell::new(HashMap::new());
+}
+
+/// Runs `sql` (one of the fixed statements) with `args`, from its kept plan, preparing it
+/// first if need be. `mutating`: it writes.
+pub fn run<'conn>(client: &SpiClient<'conn>, sql: &'static str, mutating: bool, args: &[DatumWithOid]) -> SpiResult<SpiTupleTable<'conn>> {
+    KEPT.with(|kept| {
+        let mut kept = kept.borrow_mut();
+        if !kept.contains_key(sql) {
+            let types: Vec<PgOid> = args.iter().map(|a| PgOid::from(a.oid())).collect();
+            let statement = if mutating { client.prepare_mut(sql, &types)? } else { client.prepare(sql, &types)? };
+            kept.insert(sql, statement.keep());
+        }
+        if mutating {
+            // As `SpiClient::update` does: from here on the transaction's statements see its writes.
+            unsafe { pgrx::pg_sys::GetCurrentTransactionId() };
+        }
+        client.select(&kept[sql], None, args)
+    })
+}
+
+/// Forgets every kept plan: the next execution of each plans it again.
+pub fn forget() {
+    KEPT.with(|kept| kept.borrow_mut().clear());
+}
