@@ -22,10 +22,18 @@ pub struct JobKey {
     pub rest: bool,
 }
 
-/// A claimed record, with what recording its outcome needs.
+/// A claimed record: what is sent, and what recording its outcome needs.
 #[derive(Debug, Clone)]
 pub struct Claimed {
     pub record: QueuedRecord,
+    pub sent: Sent,
+}
+
+/// What the worker keeps of a record it sent, until its outcome is recorded (the record
+/// itself, payload and all, moves into the job that sends it).
+#[derive(Debug, Clone, Copy)]
+pub struct Sent {
+    pub id: i64,
     pub version: i32,
     pub attempts: i32,
     pub hash: Option<i64>,
@@ -113,9 +121,7 @@ pub fn claim(client: &SpiClient<'_>, busy: &[JobKey], in_flight: &[i64], cursors
                         message_id: row.optional("message_id")?.unwrap_or_default(),
                         queued_at: row.required("queued_at")?,
                     },
-                    version: row.required("version")?,
-                    hash: row.optional("payload_hash")?,
-                    attempts: row.required("attempts")?,
+                    sent: Sent { id, version: row.required("version")?, hash: row.optional("payload_hash")?, attempts: row.required("attempts")? },
                 });
             }
             // A full claim resumes after its last record; a short one after `now`. (Those

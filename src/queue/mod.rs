@@ -34,7 +34,7 @@ mod prune;
 mod runs;
 pub mod statements;
 
-pub use claim::{claim, next_due, Cursors, JobKey, JobSizes};
+pub use claim::{claim, next_due, Cursors, JobKey, JobSizes, Sent};
 pub use enqueue::{enqueue, forget_delivered, forget_syncs, preview, requeue_failed, Staged};
 pub use outcomes::{record_outcomes, JobResult};
 pub use prune::prune;

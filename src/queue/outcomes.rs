@@ -1,6 +1,6 @@
 //! Recording what became of claimed records, in one transaction per batch of jobs.
 
-use super::claim::Claimed;
+use super::claim::Sent;
 use super::statements::{KEEP_DELIVERED_OF_REPLACED, RECORD_OUTCOMES};
 use crate::errors::{Result, Row};
 use pgrx::spi::SpiClient;
@@ -10,7 +10,7 @@ use vitally_client::{Next, Outcome, RetryPolicy};
 /// What one job got back: an outcome per record it sent.
 pub struct JobResult {
     pub destination_id: i64,
-    pub records: Vec<Claimed>,
+    pub records: Vec<Sent>,
     pub outcomes: Vec<(i64, Outcome)>,
 }
 
@@ -35,7 +35,7 @@ pub fn record_outcomes(client: &mut SpiClient<'_>, results: &[JobResult], retry:
     // Per record: whether it was delivered, and the hash it was delivered with.
     let mut sent: HashMap<i64, (bool, Option<i64>)> = HashMap::new();
     for result in results {
-        let by_id: HashMap<i64, &Claimed> = result.records.iter().map(|c| (c.record.id, c)).collect();
+        let by_id: HashMap<i64, &Sent> = result.records.iter().map(|c| (c.id, c)).collect();
         for (id, outcome) in &result.outcomes {
             let Some(claimed) = by_id.get(id) else { continue };
             let (status, inc, delay, http, error): (&str, i32, f64, Option<i32>, Option<String>) = match retry

@@ -12,7 +12,7 @@
 mod settings;
 
 use crate::errors::{Result, Row};
-use crate::queue::{Cursors, JobKey, JobResult};
+use crate::queue::{Cursors, JobKey, JobResult, Sent};
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::pg_sys::panic::{ErrorReport, ErrorReportable};
 use pgrx::prelude::*;
@@ -339,8 +339,9 @@ impl Worker {
             let id = self.next_job;
             self.in_flight.insert(id, (job.key.clone(), job.records.iter().map(|c| c.record.id).collect()));
             let (client, tx, destination_id) = (self.client.clone(), self.done_tx.clone(), job.key.destination_id);
+            // The records move into the job, not copied: a job's payloads are its memory.
+            let (records, sent): (Vec<_>, Vec<Sent>) = job.records.into_iter().map(|c| (c.record, c.sent)).unzip();
             self.runtime.spawn(async move {
-                let records: Vec<_> = job.records.iter().map(|c| c.record.clone()).collect();
                 let outcomes = match endpoint {
                     // In a task of its own: a panic there still brings the job back, its
                     // records to be tried again, instead of keeping them in flight for ever.
@@ -348,12 +349,12 @@ impl Worker {
                         Ok(outcomes) => outcomes,
                         Err(e) => {
                             let error = format!("vitally_sync worker: the job stopped unexpectedly ({e})");
-                            job.records.iter().map(|c| (c.record.id, Outcome::Retry { status: None, error: error.clone() })).collect()
+                            sent.iter().map(|c| (c.id, Outcome::Retry { status: None, error: error.clone() })).collect()
                         }
                     },
-                    Err(reason) => job.records.iter().map(|c| (c.record.id, reason.clone())).collect(),
+                    Err(reason) => sent.iter().map(|c| (c.id, reason.clone())).collect(),
                 };
-                let _ = tx.send(Finished { job: id, result: JobResult { destination_id, records: job.records, outcomes } });
+                let _ = tx.send(Finished { job: id, result: JobResult { destination_id, records: sent, outcomes } });
             });
         }
 

@@ -198,8 +198,9 @@ impl VitallyClient {
             }
         }
         let batches: Vec<Vec<usize>> = by_type.iter().flat_map(|(_, ids)| ids.chunks(size).map(<[usize]>::to_vec)).collect();
+        // Batches borrow the messages: a job's payloads are not copied again to be sent.
         let sent = batches.iter().map(|ids| {
-            let chunk: Vec<Value> = ids.iter().map(|&i| messages[i].clone()).collect();
+            let chunk: Vec<&Value> = ids.iter().map(|&i| &messages[i]).collect();
             async move { (ids, self.send_batch(endpoint, chunk).await) }
         });
         // Every message gets its batch's answer; none is taken as delivered by default.
@@ -212,7 +213,7 @@ impl VitallyClient {
         outcomes
     }
 
-    async fn send_batch(&self, endpoint: &Endpoint, messages: Vec<Value>) -> Vec<Outcome> {
+    async fn send_batch(&self, endpoint: &Endpoint, messages: Vec<&Value>) -> Vec<Outcome> {
         let outcome = self.post_batch(endpoint, &messages).await;
         self.settle(endpoint, messages, outcome).await
     }
@@ -222,7 +223,7 @@ impl VitallyClient {
     fn split<'a>(
         &'a self,
         endpoint: &'a Endpoint,
-        mut messages: Vec<Value>,
+        mut messages: Vec<&'a Value>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<Outcome>> + Send + 'a>> {
         Box::pin(async move {
             let right = messages.split_off(messages.len() / 2);
@@ -252,7 +253,7 @@ impl VitallyClient {
 
     /// The outcomes of messages sent together and answered `outcome`: that answer for
     /// each, unless it is worth splitting them.
-    async fn settle(&self, endpoint: &Endpoint, messages: Vec<Value>, outcome: Outcome) -> Vec<Outcome> {
+    async fn settle(&self, endpoint: &Endpoint, messages: Vec<&Value>, outcome: Outcome) -> Vec<Outcome> {
         if messages.len() > 1 && worth_splitting(&outcome) {
             self.split(endpoint, messages).await
         } else {
@@ -260,7 +261,7 @@ impl VitallyClient {
         }
     }
 
-    async fn post_batch(&self, endpoint: &Endpoint, messages: &[Value]) -> Outcome {
+    async fn post_batch(&self, endpoint: &Endpoint, messages: &[&Value]) -> Outcome {
         // Serialized from the slice: a JSON array, without copying every message first.
         self.request(endpoint, Call::Analytics, reqwest::Method::POST, "/batch", Some(messages)).await.outcome
     }

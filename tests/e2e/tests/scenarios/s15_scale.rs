@@ -535,7 +535,9 @@ fn the_worker_plans_its_claims_and_outcomes_once_and_fills_each_job() {
     let (outcomes, outcome_plans) = counted(&mut db, RECORD_OUTCOMES);
     assert!(claims >= 40, "{claims} claims: the test no longer makes many");
     assert!(claim_plans * 3 <= claims, "{claims} claims planned {claim_plans} times");
-    assert!((40..=60).contains(&outcomes), "6,400 records in jobs of 160 took {outcomes} outcome statements");
+    // 40 jobs (fewer statements when two jobs finish together); with a quarter of a job
+    // per sync it was 160.
+    assert!((10..=60).contains(&outcomes), "6,400 records in jobs of 160 took {outcomes} outcome statements");
     assert!(outcome_plans * 3 <= outcomes, "{outcomes} outcome statements planned {outcome_plans} times");
 }
 
