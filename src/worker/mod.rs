@@ -44,6 +44,8 @@ const PRUNE_EVERY_BUSY: Duration = Duration::from_secs(600);
 const NOTHING_CLAIMED_PAUSE: Duration = Duration::from_millis(50);
 /// How often claims start over from the beginning of each sync's queue, whatever else.
 const CURSOR_RESET: Duration = Duration::from_secs(30);
+/// The most often the kept plans are forgotten on rings of the doorbell (kept.rs).
+const FORGET_PLANS_AT_MOST: Duration = Duration::from_secs(1);
 /// How often the worker claims while jobs are in flight and none finished.
 const CLAIM_ANYWAY: Duration = Duration::from_secs(1);
 /// How long in-flight jobs may finish after SIGTERM (what they do not finish stays pending).
@@ -215,6 +217,8 @@ struct Worker {
     /// Where each sync's claims resume, and when they last started over.
     cursors: Cursors,
     cursors_reset: Instant,
+    /// When the kept plans were last forgotten.
+    plans_forgotten: Instant,
     /// The doorbell's count as last seen, when records were last claimed, and whether
     /// that claim found any.
     rings: u64,
@@ -294,8 +298,12 @@ impl Worker {
             self.rings = rings;
             self.cursors.reset();
             self.cursors_reset = Instant::now();
-            // Planned again for the queue as it is now (kept.rs).
-            crate::queue::kept::forget();
+            // Planned again for the queue as it is now (kept.rs); at most once a second,
+            // when commits ring on every round (live syncs).
+            if self.plans_forgotten.elapsed() >= FORGET_PLANS_AT_MOST {
+                crate::queue::kept::forget();
+                self.plans_forgotten = Instant::now();
+            }
         }
         let live_rings = self.slot.live_rings();
         let live_rang = live_rings != self.live_rings;
@@ -446,6 +454,7 @@ pub extern "C-unwind" fn vitally_sync_worker_main(arg: pg_sys::Datum) {
         last_prune: Instant::now(),
         cursors: Cursors::default(),
         cursors_reset: Instant::now(),
+        plans_forgotten: Instant::now(),
         rings: slot.rings(),
         live_rings: slot.live_rings(),
         last_claim: Instant::now(),
@@ -483,6 +492,11 @@ pub extern "C-unwind" fn vitally_sync_worker_main(arg: pg_sys::Datum) {
             break;
         }
     }
+    // The extension whose records are in flight (gone or re-created: nowhere to record them).
+    let served = match w.installed {
+        Some(Extension::Ours(oid)) => Some(oid),
+        _ => None,
+    };
     let Worker { database, runtime, mut done_rx, mut in_flight, mut finished, settings, .. } = w;
 
     // A clean stop: let jobs in flight finish briefly and record what they got, so that
@@ -499,7 +513,15 @@ pub extern "C-unwind" fn vitally_sync_worker_main(arg: pg_sys::Datum) {
             }
         }
         let results: Vec<JobResult> = finished.into_iter().map(|f| f.result).collect();
-        in_transaction_retrying(|client| crate::queue::record_outcomes(client, &results, &settings.retry));
+        in_transaction_retrying(
+            |client| {
+                if served.is_some_and(still) {
+                    crate::queue::record_outcomes(client, &results, &settings.retry)
+                } else {
+                    Ok(0)
+                }
+            },
+        );
     }
     log!("vitally_sync worker stopped (database \"{database}\")");
     // The launcher starts another unless the extension is gone (or the database).
