@@ -202,21 +202,29 @@ fn a_change_replacing_a_pending_one_reads_the_delivery_state_once() {
     assert!(fetched < state * 3 / 2, "the run fetched {fetched} pages of the state's {state}: it read the state more than once");
 }
 
+/// A database of its own where sync `s` of table `t` (`rows` rows) has been run once and
+/// its records delivered by hand; autovacuum kept off the queue, so that what the records
+/// left stays there.
+fn delivered_sync(database: &str, rows: i64) -> Client {
+    let mut db = fresh_database(cluster(), database);
+    destination(&mut db, "d");
+    db.batch_execute(&format!(
+        "ALTER TABLE vitally.record SET (autovacuum_enabled = false);
+         CREATE TABLE t AS SELECT g AS id, g % 7 AS v FROM generate_series(1, {rows}) g;
+         SELECT vitally.create_sync('s', 'd', 'account', 'upsert', 'SELECT * FROM t');
+         SELECT vitally.sync('s');"
+    ))
+    .unwrap();
+    deliver_by_hand(&mut db, "s");
+    db
+}
+
 /// A run that finds pending records looks each changed key up in the index of pending
 /// keys: walking all of the sync's entries there also walked those of every record
 /// delivered since the last vacuum, and every heap page they point to (after a large
 /// run, a million entries: 0.25 s per statement).
 fn pending_records_are_found_by_key_not_by_walking_what_was_delivered() {
-    let mut db = fresh_database(cluster(), "scale_pending_by_key");
-    destination(&mut db, "d");
-    db.batch_execute(
-        "ALTER TABLE vitally.record SET (autovacuum_enabled = false);
-         CREATE TABLE t AS SELECT g AS id, g % 7 AS v FROM generate_series(1, 30000) g;
-         SELECT vitally.create_sync('s', 'd', 'account', 'upsert', 'SELECT * FROM t');
-         SELECT vitally.sync('s');",
-    )
-    .unwrap();
-    deliver_by_hand(&mut db, "s");
+    let mut db = delivered_sync("scale_pending_by_key", 30000);
     db.batch_execute("UPDATE t SET v = v + 1 WHERE id % 1000 = 0; SELECT vitally.sync('s')").unwrap();
     let heap: i64 = scalar(&mut db, "SELECT (pg_relation_size('vitally.record') / 8192)::int8");
     db.batch_execute("BEGIN; UPDATE t SET v = v + 1 WHERE id % 500 = 0").unwrap();
@@ -462,16 +470,7 @@ fn rows_touched(db: &mut Client, sql: &str, params: &[&(dyn postgres::types::ToS
 /// queued, the main reason delivery slowed down as its backlog grew; and with that index
 /// ruled out, it compared every record with every outcome in a nested loop.
 fn an_outcome_finds_its_records_by_id_whatever_the_statistics_say() {
-    let mut db = fresh_database(cluster(), "scale_outcomes");
-    destination(&mut db, "d");
-    db.batch_execute(
-        "ALTER TABLE vitally.record SET (autovacuum_enabled = false);
-         CREATE TABLE t AS SELECT g AS id, g % 7 AS v FROM generate_series(1, 20000) g;
-         SELECT vitally.create_sync('s', 'd', 'account', 'upsert', 'SELECT * FROM t');
-         SELECT vitally.sync('s');",
-    )
-    .unwrap();
-    deliver_by_hand(&mut db, "s");
+    let mut db = delivered_sync("scale_outcomes", 20000);
     db.batch_execute("ANALYZE vitally.record; UPDATE t SET v = v + 1; SELECT vitally.sync('s');").unwrap();
     let sent = db.query("SELECT id, version FROM vitally.record WHERE status = 'pending' ORDER BY id LIMIT 100", &[]).unwrap();
     let ids: Vec<i64> = sent.iter().map(|r| r.get(0)).collect();
