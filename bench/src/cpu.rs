@@ -44,3 +44,8 @@ pub fn snapshot(postmaster: i32, worker: i32) -> Snapshot {
     }
     Snapshot { worker: seconds(worker, false), postgres }
 }
+
+/// CPU seconds so far of this process (the bench, with the emulator it runs).
+pub fn own() -> f64 {
+    seconds(std::process::id() as i32, false)
+}

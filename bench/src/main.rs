@@ -5,7 +5,8 @@
 //! the worker's memory; BENCH_DELIVERY (default 20,000) the delivery runs; BENCH_DRAIN
 //! (default BENCH_ROWS) the large queue drained;
 //! BENCH_LIVE_SECONDS (default 60) the steady stream of live changes;
-//! BENCH_ONLY=planning, delivery, live or rest runs one part.
+//! BENCH_ONLY=planning, delivery, live or rest runs one part; BENCH_ONLY=bound only the
+//! latency-bound delivery row, BENCH_REPEAT times (default 5), to compare changes to it.
 
 use std::time::{Duration, Instant};
 use vitally_e2e::{deliver_by_hand, eventually, scalar, Client, Cluster};
@@ -14,6 +15,7 @@ use vitally_emulator::{Config, Emulator, Faults};
 mod cpu;
 mod live;
 mod memory;
+mod transport;
 
 /// One line of the table: a figure, and the baseline it is compared with.
 struct Row {
@@ -37,8 +39,8 @@ fn main() {
     if only.is_empty() || only == "planning" {
         planning(rows_n, &mut table);
     }
-    if only.is_empty() || only == "delivery" {
-        delivery(delivery_n, drain_n, &mut table);
+    if only.is_empty() || only == "delivery" || only == "bound" {
+        delivery(delivery_n, drain_n, only == "bound", &mut table);
     }
     if only.is_empty() || only == "live" {
         live::live(rows_n, env("BENCH_LIVE_SECONDS", 60), &mut table);
@@ -167,7 +169,7 @@ struct Delivered {
 /// Records per second delivered to the emulator at 20 ms a request, with several
 /// settings side by side; then the same while draining a large queue, with the worker's
 /// memory and the CPU it and Postgres spent.
-fn delivery(n: i64, drain: i64, table: &mut Vec<Row>) {
+fn delivery(n: i64, drain: i64, bound_only: bool, table: &mut Vec<Row>) {
     let cluster = Cluster::start("bench-deliver", &["shared_preload_libraries = 'vitally_sync'", "vitally.database = 'bench'"]);
     cluster.admin("postgres").batch_execute("CREATE DATABASE bench").unwrap();
     let mut db = cluster.admin("bench");
@@ -217,6 +219,34 @@ fn delivery(n: i64, drain: i64, table: &mut Vec<Row>) {
     };
 
     configure(&mut db, 100, 4);
+    // What HTTP to the emulator allows here, without Postgres: the ceiling the worker's
+    // delivery rows can be read against.
+    table.push(Row {
+        what: "the client alone at 20 ms, batch 100, concurrency 4".into(),
+        value: transport::client_alone(n as usize),
+        baseline: 100.0 * 4.0 / 0.020,
+        unit: "/s",
+        note: format!("{n} messages sent as the worker sends them, no Postgres: what HTTP to the emulator allows on this machine"),
+    });
+    if bound_only {
+        for i in 1..=env("BENCH_REPEAT", 5) {
+            let here = cpu::own();
+            let d = measure(&mut db, &format!("bound_{i}"), n);
+            table.push(Row {
+                what: format!("delivery at 20 ms, batch 100, concurrency 4 vs bound ({i})"),
+                value: d.rate,
+                baseline: 100.0 * 4.0 / 0.020,
+                unit: "/s",
+                note: format!(
+                    "CPU per 100k: worker {:.2} s, Postgres {:.2} s, this process (the emulator) {:.2} s",
+                    d.worker_cpu,
+                    d.postgres_cpu,
+                    (cpu::own() - here) * 100_000.0 / n as f64
+                ),
+            });
+        }
+        return;
+    }
     let batch100 = measure(&mut db, "b100", n);
     configure(&mut db, 1, 4);
     let batch1 = measure(&mut db, "b1", (n / 20).max(200));

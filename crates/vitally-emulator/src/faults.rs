@@ -13,7 +13,11 @@ use std::time::Duration;
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct Faults {
-    /// Added to every API request before it is answered.
+    /// How long after it arrived every API request is answered: its response time, the
+    /// emulator's own work on it included (so that 20 ms here is 20 ms a request, as the
+    /// bench's latency bound assumes). The request is applied on arrival, as a server
+    /// that answers late has already applied it: a client that times out must resend
+    /// under the same messageIds.
     pub latency_ms: u64,
     /// Share (0 to 1) of API requests answered 503.
     pub error_rate: f64,
@@ -60,10 +64,16 @@ pub async fn inject(State(shared): State<AppState>, request: Request, next: Next
 }
 
 async fn serve(shared: &AppState, request: Request, next: Next) -> Response {
+    let arrived = tokio::time::Instant::now();
     let faults = shared.config.lock().unwrap().faults.clone();
+    let response = answer(shared, &faults, request, next).await;
     if faults.latency_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
+        tokio::time::sleep_until(arrived + Duration::from_millis(faults.latency_ms)).await;
     }
+    response
+}
+
+async fn answer(shared: &AppState, faults: &Faults, request: Request, next: Next) -> Response {
     let refusal = (|| {
         let mut state = shared.state.lock().unwrap();
         state.counters.requests += 1;

@@ -174,3 +174,21 @@ async fn faults_change_at_run_time_through_the_control_api() {
     assert_eq!(r.status(), 200);
     assert_eq!(e.counters().requests, 0);
 }
+
+/// Latency is the response time, the emulator's own work included: a batch is applied
+/// while its answer is still held back (as a server that answers late may already have
+/// applied it), and the answer comes once the latency has passed since it arrived.
+#[tokio::test]
+async fn latency_holds_the_answer_back_not_the_work() {
+    let (e, http) = start(Config { faults: Faults { latency_ms: 2_000, ..Faults::default() }, ..Config::default() }).await;
+    let sent = tokio::time::Instant::now();
+    let request =
+        tokio::spawn(async move { http.post("/analytics/v1/batch", A, json!([{"type": "account", "accountId": "a", "messageId": "m"}])).await });
+    while e.count("accounts") == 0 {
+        assert!(!request.is_finished(), "applied before it was answered");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(e.counters().in_flight, 1, "applied while the answer is held back");
+    assert_eq!(request.await.unwrap().0, 200);
+    assert!(sent.elapsed() >= Duration::from_millis(2_000), "answered after the latency");
+}

@@ -24,7 +24,8 @@ struct Args {
     /// The REST rate-limit window in seconds.
     #[arg(long, default_value_t = 60)]
     rest_window_secs: u64,
-    /// Milliseconds added to every API request.
+    /// Response time of every API request in milliseconds, the emulator's own work
+    /// included (the request is applied on arrival, answered this long after).
     #[arg(long, default_value_t = 0)]
     latency_ms: u64,
     /// Share of API requests answered 503 (0 to 1).
