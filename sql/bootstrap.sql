@@ -103,7 +103,10 @@ CREATE TABLE vitally.record (
     -- of queueing a million records. drop_sync deletes a sync's rows itself.
     sync_id         bigint NOT NULL,
     run_id          bigint NOT NULL,
-    sync_key        text,
+    -- Keys compare as bytes: the same equality as any deterministic collation, but
+    -- no strcoll() per comparison in the indexes below (a first run of a million
+    -- records queued about 40% faster than under C.UTF-8; more under en_US).
+    sync_key        text COLLATE "C",
     status          text NOT NULL CHECK (status IN ('pending', 'delivered', 'skipped', 'failed', 'invalid')),
     payload         jsonb,
     payload_hash    bigint,        -- hash of the mapped values (see planning.rs)
@@ -128,7 +131,7 @@ CREATE INDEX record_failed ON vitally.record (sync_id, sync_key) WHERE status = 
 -- What was last delivered per key: the payload's hash (append: that the event was sent).
 CREATE TABLE vitally.delivery_state (
     sync_id      bigint NOT NULL,
-    sync_key     text NOT NULL,
+    sync_key     text COLLATE "C" NOT NULL,   -- as in vitally.record
     payload_hash bigint NOT NULL,
     account_ids  jsonb,            -- users: the accounts delivered, for unlink_removed_accounts
     delivered_at timestamptz NOT NULL DEFAULT pg_catalog.now(),

@@ -60,7 +60,7 @@ CREATE VIEW vitally.records WITH (security_barrier) AS
 SELECT r.id,
        r.run_id,
        s.name AS sync_name,
-       r.sync_key,
+       r.sync_key COLLATE "default" AS sync_key,  -- joins with users' text columns as before
        r.status,
        r.attempts,
        r.http_status,

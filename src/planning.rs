@@ -378,8 +378,8 @@ pub fn run(sync: &SyncRow, pass: Pass, live: bool, progress: &mut Progress) -> R
 fn create_tables(owner: pg_sys::Oid) -> Result<()> {
     as_extension_owner(|| {
         Spi::run(&format!(
-            "CREATE TEMP TABLE {REPEATS} (sync_key pg_catalog.text, n pg_catalog.int8) ON COMMIT DROP;
-             CREATE TEMP TABLE {RECORDS} (sync_key pg_catalog.text, hash pg_catalog.int8, payload pg_catalog.jsonb, error pg_catalog.text) ON COMMIT DROP;"
+            "CREATE TEMP TABLE {REPEATS} (sync_key pg_catalog.text COLLATE pg_catalog.\"C\", n pg_catalog.int8) ON COMMIT DROP;
+             CREATE TEMP TABLE {RECORDS} (sync_key pg_catalog.text COLLATE pg_catalog.\"C\", hash pg_catalog.int8, payload pg_catalog.jsonb, error pg_catalog.text) ON COMMIT DROP;"
         ))?;
         if !unsafe { pg_sys::superuser_arg(owner) } {
             let role =
