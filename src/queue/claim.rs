@@ -49,6 +49,7 @@ pub struct Job {
 pub struct JobSizes {
     pub analytics: i64,
     pub rest: i64,
+    /// The least an Analytics job takes of each sync (a batch); REST takes at least 1.
     pub per_sync_at_least: i64,
 }
 
@@ -100,8 +101,11 @@ pub fn claim(client: &SpiClient<'_>, busy: &[JobKey], in_flight: &[i64], cursors
     let mut jobs = Vec::new();
     for (key, syncs) in groups {
         let size = if key.rest { sizes.rest } else { sizes.analytics };
+        // A REST record is a request of its own: no batch to fill, so no least per sync
+        // (with a batch as the least, five syncs took 500 records into a job of 150).
+        let at_least = if key.rest { 1 } else { sizes.per_sync_at_least };
         let mut records = Vec::new();
-        vitally_client::jobs::fill(size, sizes.per_sync_at_least, &syncs, |(sync_id, object, route), per_sync| -> Result<i64> {
+        vitally_client::jobs::fill(size, at_least, &syncs, |(sync_id, object, route), per_sync| -> Result<i64> {
             let (at, id) = cursors.after.get(&sync_id).copied().unwrap_or((TimestampWithTimeZone::negative_infinity(), 0));
             let mut last = (now, i64::MAX);
             let mut taken = 0;

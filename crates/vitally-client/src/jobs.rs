@@ -84,6 +84,12 @@ mod tests {
     }
 
     #[test]
+    fn a_job_of_one_request_per_record_shares_its_size_and_no_more() {
+        let (taken, given, _) = fill_from(150, 1, &[1000; 5]);
+        assert_eq!((taken, given), (150, vec![30; 5]), "REST: the worker asks for at least 1 per sync");
+    }
+
+    #[test]
     fn nothing_due_is_one_claim_per_sync() {
         assert_eq!(fill_from(3200, 100, &[0, 0, 0]), (0, vec![0, 0, 0], 3));
     }
