@@ -1,7 +1,8 @@
 //! Recording what became of claimed records, in one transaction per batch of jobs.
 
 use super::claim::Sent;
-use super::statements::{KEEP_DELIVERED_OF_REPLACED, RECORD_OUTCOMES};
+use super::statements::{KEEP_DELIVERED_OF_REPLACED, RECORD_OUTCOMES, RECORD_OUTCOMES_SETTINGS};
+use crate::elevation::with_settings;
 use crate::errors::{Result, Row};
 use pgrx::spi::SpiClient;
 use std::collections::{HashMap, HashSet};
@@ -60,12 +61,8 @@ pub fn record_outcomes(client: &mut SpiClient<'_>, results: &[JobResult], retry:
     if ids.is_empty() {
         return Ok(0);
     }
-    let updated = super::kept::run(
-        client,
-        RECORD_OUTCOMES,
-        true,
-        &[ids.clone().into(), versions.into(), statuses.into(), incs.into(), delays.into(), https.into(), errors.into(), destinations.into()],
-    )?;
+    let args = [ids.clone().into(), versions.into(), statuses.into(), incs.into(), delays.into(), https.into(), errors.into(), destinations.into()];
+    let updated = with_settings(RECORD_OUTCOMES_SETTINGS, || super::kept::run(client, RECORD_OUTCOMES, true, &args))?;
     let mut runs = Vec::new();
     let mut done = HashSet::new();
     for row in updated {

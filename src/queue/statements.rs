@@ -59,7 +59,7 @@ pub const RECORD_OUTCOMES: &str = "WITH o AS (
           -- partial index of pending records matches it, so none is walked whole (when
           -- the statistics said few were pending, the planner scanned one of them for every
           -- outcome, and-ed with the ids or hashed to join: 10 to 30 ms each with 300,000
-          -- queued); a sequential scan of the queue costs what it is, so it loses.
+          -- queued). Run with `RECORD_OUTCOMES_SETTINGS`, below.
           WHERE r.id = o.id AND r.version = o.version AND (r.status || '') = 'pending'
          RETURNING r.id, r.sync_id, r.sync_key, r.payload_hash, r.run_id, o.status,
                    CASE WHEN pg_catalog.jsonb_typeof(r.payload->'accountIds') = 'array' THEN r.payload->'accountIds' END AS account_ids),
@@ -82,6 +82,13 @@ pub const RECORD_OUTCOMES: &str = "WITH o AS (
                    FROM upd GROUP BY run_id) c
           WHERE sr.id = c.run_id)
      SELECT id, run_id FROM upd";
+
+/// What `RECORD_OUTCOMES` runs with: each outcome finds its record by a probe of the
+/// primary key, whatever the statistics say. The filter's guessed selectivity makes the
+/// queue look a few hundred rows long, so for a job's 3,200 outcomes the planner hashed
+/// a sequential scan of all of it (200,000 rows read per job with 200,000 queued, a cost
+/// that grows with the backlog), or compared every record found with every outcome.
+pub const RECORD_OUTCOMES_SETTINGS: &[(&std::ffi::CStr, &std::ffi::CStr)] = &[(c"enable_hashjoin", c"off"), (c"enable_mergejoin", c"off")];
 
 /// For records replaced while in flight whose older copy was delivered (`$1` ids, `$2`
 /// their delivered hashes): that older copy is what Vitally has now.
